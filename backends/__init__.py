@@ -1,0 +1,1 @@
+"""Built-in backends (imported as ``coordkit.backends``); each registers through an entry point."""

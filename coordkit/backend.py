@@ -1,0 +1,231 @@
+"""The Backend contract: what every backend (built-in or third-party) implements.
+
+The :class:`~coordkit.Client` validates every path, value and argument before
+calling a backend, so a backend may assume well-formed input. A backend is
+opened and closed by the same task (``async with coordkit.connect(...)``), which
+lets it own an anyio task group for keepalives and watches.
+
+Rules every backend honours (the conformance kit in :mod:`coordkit.testing`
+pins each one):
+
+* every successful mutation advances one cluster-wide revision; a transaction
+  is one revision;
+* ``create`` needs the parent (:class:`NoNodeError`) unless ``make_parents``;
+  an existing path raises :class:`NodeExistsError`; ``sequential`` appends a
+  10-digit zero-padded counter unique under the parent; ``ephemeral`` ties the
+  node to the session, and ephemeral nodes cannot have children;
+* ``set``/``delete`` with ``version`` raise :class:`BadVersionError` on
+  mismatch; ``delete`` of a node with children raises :class:`NotEmptyError`
+  unless ``recursive``; missing nodes raise :class:`NoNodeError`;
+* ``close`` ends the session at once (its ephemeral nodes go in one
+  revision); a session that is not kept alive expires after its TTL;
+* watches deliver events in revision order, none lost or repeated while the
+  watch lives, optionally from a past revision (:class:`CompactedError` if
+  compacted).
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlsplit
+
+import anyio
+
+from .errors import ConfigurationError, UnsupportedError
+from .model import Capability, Event, Node, Status
+from .paths import DEFAULT_MAX_VALUE_BYTES
+from .txn import Compare, Op, TxnResult
+
+__all__ = [
+    "Backend",
+    "BackendFactory",
+    "BackendURL",
+    "ConnectOptions",
+    "Session",
+    "SessionState",
+    "WatchContext",
+]
+
+WatchContext = AbstractAsyncContextManager[AsyncIterator[Event]]
+
+
+class SessionState(enum.Enum):
+    #: the backend confirms the session is alive.
+    CONNECTED = "connected"
+    #: the connection is down; the session may still be alive on the server.
+    SUSPENDED = "suspended"
+    #: the session has expired or was closed; its ephemeral nodes are gone.
+    LOST = "lost"
+
+
+class Session:
+    """A client's session (a ZooKeeper session, an etcd lease).
+
+    Backends create one on ``open`` and call :meth:`mark_lost` once when it
+    ends; they then open a fresh session so the client keeps working, and
+    :attr:`Backend.session` returns the new one. Recipes keep the Session
+    object they acquired under and watch :meth:`wait_lost`.
+    """
+
+    def __init__(self, session_id: int, ttl: float) -> None:
+        self.id = session_id
+        self.ttl = ttl
+        self.state = SessionState.CONNECTED
+        self._lost = anyio.Event()
+
+    @property
+    def lost(self) -> bool:
+        return self.state is SessionState.LOST
+
+    def mark_suspended(self) -> None:
+        if self.state is SessionState.CONNECTED:
+            self.state = SessionState.SUSPENDED
+
+    def mark_connected(self) -> None:
+        if self.state is SessionState.SUSPENDED:
+            self.state = SessionState.CONNECTED
+
+    def mark_lost(self) -> None:
+        """Record that the session ended. Idempotent."""
+        self.state = SessionState.LOST
+        self._lost.set()
+
+    async def wait_lost(self) -> None:
+        """Return once the session has ended."""
+        await self._lost.wait()
+
+    def __repr__(self) -> str:
+        return f"Session(id={self.id:#x}, ttl={self.ttl}, state={self.state.value})"
+
+
+@dataclass(frozen=True, slots=True)
+class BackendURL:
+    """A parsed backend URL: ``scheme://host[:port],host[:port]/path?query``."""
+
+    raw: str
+    scheme: str
+    hosts: tuple[str, ...]
+    path: str
+    query: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, url: str) -> BackendURL:
+        if not isinstance(url, str) or "://" not in url:
+            raise ConfigurationError(
+                f"malformed backend URL {url!r}: expected scheme://[hosts][?options]"
+            )
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if not scheme:
+            raise ConfigurationError(f"malformed backend URL {url!r}: no scheme")
+        hosts = tuple(h for h in parts.netloc.split(",") if h)
+        try:
+            query = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False))
+        except ValueError as exc:
+            raise ConfigurationError(f"malformed query in {url!r}: {exc}") from exc
+        return cls(url, scheme, hosts, parts.path, query)
+
+    def host_ports(self, default_port: int) -> list[tuple[str, int]]:
+        """``hosts`` as ``(host, port)`` pairs; raises ConfigurationError on a bad port."""
+        out: list[tuple[str, int]] = []
+        for item in self.hosts:
+            host, sep, port = item.rpartition(":")
+            if not sep:
+                host, port = item, str(default_port)
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigurationError(f"bad host:port {item!r} in {self.raw!r}")
+            out.append((host.strip("[]"), int(port)))
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectOptions:
+    """Options every backend receives besides its URL."""
+
+    #: seconds a session lives without keepalives.
+    session_ttl: float = 10.0
+    #: seconds a single operation (including retries) may take.
+    timeout: float = 10.0
+    #: largest value accepted (the client enforces it before the backend).
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+
+
+class Backend(abc.ABC):
+    """The interface every backend implements (see the module docstring for the rules)."""
+
+    #: What this backend can do beyond the required core.
+    capabilities: frozenset[Capability] = frozenset()
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and start a session (with background keepalive)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """End the session at once and release every resource. Idempotent."""
+
+    @property
+    @abc.abstractmethod
+    def session(self) -> Session:
+        """The current session."""
+
+    @abc.abstractmethod
+    async def create(
+        self, path: str, value: bytes, *, ephemeral: bool, sequential: bool, make_parents: bool
+    ) -> Node:
+        """Create a node and return it (its path carries the sequential suffix)."""
+
+    @abc.abstractmethod
+    async def get(self, path: str, *, consistent: bool) -> Node | None:
+        """The node at ``path`` or ``None``."""
+
+    @abc.abstractmethod
+    async def set(self, path: str, value: bytes, *, version: int | None) -> Node:
+        """Replace the value, optionally only at ``version``; return the new node."""
+
+    @abc.abstractmethod
+    async def delete(self, path: str, *, version: int | None, recursive: bool) -> None:
+        """Delete the node (and with ``recursive`` its subtree, in one revision)."""
+
+    @abc.abstractmethod
+    async def children(self, path: str, *, consistent: bool) -> list[str]:
+        """Sorted names of the node's children."""
+
+    async def exists(self, path: str) -> bool:
+        return await self.get(path, consistent=True) is not None
+
+    @abc.abstractmethod
+    async def txn(
+        self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op]
+    ) -> TxnResult:
+        """Evaluate ``compares`` and run one branch atomically."""
+
+    @abc.abstractmethod
+    def watch(self, path: str, *, recursive: bool, start_revision: int | None) -> WatchContext:
+        """An async context manager yielding an async iterator of :class:`Event`.
+
+        The watch is established when ``__aenter__`` returns: every change
+        committed after that point (or from ``start_revision`` on) is delivered.
+        """
+
+    @abc.abstractmethod
+    async def status(self) -> Status:
+        """What the backend reports about itself, including the current revision."""
+
+    async def abort(self) -> None:
+        """Drop the connection without ending the session, as if the process died.
+
+        The session's ephemeral nodes stay until its TTL runs out. For fault tests.
+        """
+        raise UnsupportedError(f"{type(self).__name__} cannot abort a connection")
+
+    async def expire_session(self) -> None:
+        """Make the current session expire now, as a server would. For fault tests."""
+        raise UnsupportedError(f"{type(self).__name__} cannot expire a session on demand")
+
+
+BackendFactory = Callable[[BackendURL, ConnectOptions], Backend]

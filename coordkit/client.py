@@ -1,0 +1,288 @@
+"""The Client: the one object applications and recipes talk to.
+
+It validates every call once (paths, values, versions, types) before the
+backend sees it, so bad input raises a specific error and changes nothing on
+every backend alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any
+
+import anyio
+
+from .backend import Backend, BackendURL, ConnectOptions, Session
+from .config import resolve_url
+from .errors import (
+    ClientClosedError,
+    ConfigurationError,
+    InvalidArgumentError,
+    NodeExistsError,
+    UnsupportedError,
+    WrongTypeError,
+)
+from .model import Capability, Event, Node, Status
+from .paths import check_path, check_value, check_version
+from .plugins import backend_factories
+from .txn import Compare, CompareTarget, Op, TxnResult, check_txn
+
+__all__ = ["Client", "connect"]
+
+
+def _check_flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise WrongTypeError(f"{name} must be bool, not {type(value).__name__}")
+    return value
+
+
+class Client:
+    """A connection to one backend, used as ``async with coordkit.connect(url) as client``.
+
+    Entering opens the backend and its session; leaving closes the session at
+    once, so the client's ephemeral nodes disappear immediately.
+    """
+
+    def __init__(self, backend: Backend, url: str, options: ConnectOptions) -> None:
+        self._backend = backend
+        self.url = url
+        self.options = options
+        self._open = False
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def __aenter__(self) -> Client:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        """Open the backend; prefer ``async with``. Must be closed by the same task."""
+        if self._open:
+            return
+        await self._backend.open()
+        self._open = True
+
+    async def aclose(self) -> None:
+        """End the session and close the backend. Idempotent."""
+        if not self._open:
+            return
+        self._open = False
+        with anyio.CancelScope(shield=True):
+            await self._backend.close()
+
+    @property
+    def closed(self) -> bool:
+        return not self._open
+
+    def _ready(self) -> Backend:
+        if not self._open:
+            raise ClientClosedError("the client is not open (use `async with coordkit.connect()`)")
+        return self._backend
+
+    # -- introspection -----------------------------------------------------
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    @property
+    def session(self) -> Session:
+        """The current session; after one is lost, the backend opens a new one."""
+        return self._ready().session
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return self._backend.capabilities
+
+    def require(self, capability: Capability, why: str = "") -> None:
+        """Raise :class:`UnsupportedError` if the backend lacks ``capability``."""
+        if capability not in self._backend.capabilities:
+            reason = f" ({why})" if why else ""
+            raise UnsupportedError(
+                f"{type(self._backend).__name__} lacks capability {capability.value!r}{reason}"
+            )
+
+    async def status(self) -> Status:
+        return await self._ready().status()
+
+    # -- the data model ------------------------------------------------------
+
+    async def create(
+        self,
+        path: str,
+        value: bytes = b"",
+        *,
+        ephemeral: bool = False,
+        sequential: bool = False,
+        make_parents: bool = False,
+    ) -> Node:
+        """Create a node; returns it (with the sequential suffix in its path)."""
+        check_path(path)
+        check_value(value, self.options.max_value_bytes)
+        _check_flag("ephemeral", ephemeral)
+        _check_flag("sequential", sequential)
+        _check_flag("make_parents", make_parents)
+        if path == "/":
+            raise NodeExistsError("the root always exists")
+        return await self._ready().create(
+            path, value, ephemeral=ephemeral, sequential=sequential, make_parents=make_parents
+        )
+
+    async def ensure_path(self, path: str) -> None:
+        """Create ``path`` and its missing parents as empty persistent nodes, if missing."""
+        check_path(path)
+        if path == "/":
+            return
+        backend = self._ready()
+        if await backend.exists(path):
+            return
+        try:
+            await backend.create(path, b"", ephemeral=False, sequential=False, make_parents=True)
+        except NodeExistsError:
+            pass
+
+    async def get(self, path: str, *, consistent: bool = True) -> Node | None:
+        """The node at ``path``, or ``None``; ``consistent=False`` allows a stale read."""
+        check_path(path)
+        _check_flag("consistent", consistent)
+        return await self._ready().get(path, consistent=consistent)
+
+    async def exists(self, path: str) -> bool:
+        check_path(path)
+        return await self._ready().exists(path)
+
+    async def set(self, path: str, value: bytes, *, version: int | None = None) -> Node:
+        """Replace the value; with ``version``, only if the node is at that version."""
+        check_path(path)
+        check_value(value, self.options.max_value_bytes)
+        check_version(version)
+        return await self._ready().set(path, value, version=version)
+
+    async def delete(
+        self, path: str, *, version: int | None = None, recursive: bool = False
+    ) -> None:
+        """Delete the node; ``recursive`` removes its subtree in one revision."""
+        check_path(path)
+        check_version(version)
+        _check_flag("recursive", recursive)
+        if path == "/":
+            raise InvalidArgumentError("the root cannot be deleted")
+        await self._ready().delete(path, version=version, recursive=recursive)
+
+    async def children(self, path: str, *, consistent: bool = True) -> list[str]:
+        """Sorted names of the children of ``path``."""
+        check_path(path)
+        _check_flag("consistent", consistent)
+        return await self._ready().children(path, consistent=consistent)
+
+    async def txn(
+        self,
+        compares: Sequence[Compare] = (),
+        success: Sequence[Op] = (),
+        failure: Sequence[Op] = (),
+    ) -> TxnResult:
+        """If every compare holds run ``success``, else ``failure``; atomic, one revision."""
+        compares, success, failure = list(compares), list(success), list(failure)
+        check_txn(compares, success, failure, self.options.max_value_bytes)
+        if failure:
+            self.require(Capability.TXN_ELSE, "a failure branch")
+        for cmp in compares:
+            if cmp.target is CompareTarget.VALUE:
+                self.require(Capability.TXN_VALUE_COMPARE, "a value compare")
+            if cmp.target in (CompareTarget.CREATE_REVISION, CompareTarget.MOD_REVISION):
+                self.require(Capability.TXN_REVISION_COMPARE, "a revision compare")
+        return await self._ready().txn(compares, success, failure)
+
+    @asynccontextmanager
+    async def watch(
+        self, path: str, *, recursive: bool = False, start_revision: int | None = None
+    ) -> AsyncIterator[AsyncIterator[Event]]:
+        """Stream the changes of ``path`` (and with ``recursive`` its subtree).
+
+        The watch is in place when the ``async with`` body starts. Events come in
+        revision order, none lost or repeated; ``start_revision`` replays history
+        from that revision (needs :attr:`Capability.WATCH_FROM_REVISION`).
+        """
+        check_path(path)
+        _check_flag("recursive", recursive)
+        if start_revision is not None:
+            if isinstance(start_revision, bool) or not isinstance(start_revision, int):
+                raise WrongTypeError("start_revision must be int or None")
+            if start_revision < 1:
+                raise InvalidArgumentError("start_revision must be >= 1")
+            self.require(Capability.WATCH_FROM_REVISION, "watch from a past revision")
+        async with self._ready().watch(
+            path, recursive=recursive, start_revision=start_revision
+        ) as events:
+            yield events
+
+    # -- fault injection for tests -----------------------------------------
+
+    async def abort(self) -> None:
+        """Vanish without ending the session (its ephemerals wait for the TTL)."""
+        await self._ready().abort()
+        self._open = False
+
+    async def expire_session(self) -> None:
+        """Make the current session expire now, as the server would after its TTL."""
+        await self._ready().expire_session()
+
+
+def connect(
+    url: str | None = None,
+    *,
+    session_ttl: float | None = None,
+    timeout: float | None = None,
+    max_value_bytes: int | None = None,
+) -> Client:
+    """A :class:`Client` for ``url`` (see :func:`coordkit.config.resolve_url`).
+
+    Use as ``async with coordkit.connect(url) as client``. URL query options
+    ``session_ttl`` and ``timeout`` are read too; keyword arguments win.
+    Raises :class:`ConfigurationError` for a malformed URL or an unknown scheme
+    (the message lists the installed schemes).
+    """
+    resolved = resolve_url(url)
+    parsed = BackendURL.parse(resolved)
+    factories = backend_factories()
+    factory = factories.get(parsed.scheme)
+    if factory is None:
+        installed = ", ".join(sorted(factories)) or "none"
+        raise ConfigurationError(
+            f"unknown backend scheme {parsed.scheme!r} in {resolved!r}; installed schemes: "
+            f"{installed}"
+        )
+    defaults = ConnectOptions()
+    options = ConnectOptions(
+        session_ttl=_number(
+            session_ttl, parsed.query.get("session_ttl"), defaults.session_ttl, "session_ttl"
+        ),
+        timeout=_number(timeout, parsed.query.get("timeout"), defaults.timeout, "timeout"),
+        max_value_bytes=int(
+            _number(max_value_bytes, None, defaults.max_value_bytes, "max_value_bytes")
+        ),
+    )
+    return Client(factory(parsed, options), resolved, options)
+
+
+def _number(arg: Any, query: str | None, default: float, name: str) -> float:
+    raw: Any = arg if arg is not None else query
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"{name} must be a number, not {raw!r}") from exc
+    if value <= 0:
+        raise ConfigurationError(f"{name} must be > 0, not {raw!r}")
+    return value

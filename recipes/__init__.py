@@ -1,0 +1,1 @@
+"""Coordination recipes, built only on the Backend contract (imported as ``coordkit.recipes``)."""

@@ -1,0 +1,12 @@
+"""Registers the built-in recipes through the ``coordkit`` entry point, like any plugin."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from coordkit import hookimpl
+
+
+@hookimpl
+def coordkit_recipes() -> dict[str, type[Any]]:
+    return {}

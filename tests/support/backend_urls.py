@@ -1,0 +1,27 @@
+"""``backend_url``: a fresh, isolated URL for every backend present in the run.
+
+Each backend's fixture module supplies a ``<name>_url`` fixture that returns a
+URL isolated from other tests (a separate memory store, a separate chroot on
+a real server). Tests that should run on every backend take ``backend_url``.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+# Fixture modules of the real engines (they start real servers when first used).
+pytest_plugins: list[str] = []
+
+BACKENDS = ["memory"]
+
+
+@pytest.fixture
+def memory_url() -> str:
+    return f"memory://test-{uuid.uuid4().hex}"
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_url(request: pytest.FixtureRequest, anyio_backend: str) -> str:
+    return str(request.getfixturevalue(f"{request.param}_url"))
