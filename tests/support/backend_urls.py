@@ -1,20 +1,24 @@
 """``backend_url``: a fresh, isolated URL for every backend present in the run.
 
-Each backend's fixture module supplies a ``<name>_url`` fixture that returns a
-URL isolated from other tests (a separate memory store, a separate chroot on
-a real server). Tests that should run on every backend take ``backend_url``.
+Each backend's fixture module (``<name>_servers.py`` beside this file) supplies
+a ``<name>_url`` fixture that returns a URL isolated from other tests (a
+separate memory store, a separate chroot on a real server). Tests that should
+run on every backend take ``backend_url``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import uuid
 
 import pytest
 
-# Fixture modules of the real engines (they start real servers when first used).
-pytest_plugins: list[str] = []
-
 BACKENDS = ["memory"]
+pytest_plugins: list[str] = []
+for _name in ("etcd", "zookeeper", "raft"):
+    if importlib.util.find_spec(f"{_name}_servers") is not None:
+        BACKENDS.append(_name)
+        pytest_plugins.append(f"{_name}_servers")
 
 
 @pytest.fixture
