@@ -3,7 +3,11 @@
 The :class:`~coordkit.Client` validates every path, value and argument before
 calling a backend, so a backend may assume well-formed input. A backend is
 opened and closed by the same task (``async with coordkit.connect(...)``), which
-lets it own an anyio task group for keepalives and watches.
+lets it own an anyio task group for keepalives and watches. Clients of one task
+nest, so ``close`` runs in LIFO order; ``abort`` may come in any order, so it
+must only cancel work and drop connections, leaving the task group's exit to
+``close`` (which the client always calls afterwards, and which must then not
+end the session).
 
 Rules every backend honours (the conformance kit in :mod:`coordkit.testing`
 pins each one):
@@ -219,7 +223,8 @@ class Backend(abc.ABC):
     async def abort(self) -> None:
         """Drop the connection without ending the session, as if the process died.
 
-        The session's ephemeral nodes stay until its TTL runs out. For fault tests.
+        The session's ephemeral nodes stay until its TTL runs out. For fault
+        tests. Only cancel work and drop connections here; ``close`` follows.
         """
         raise UnsupportedError(f"{type(self).__name__} cannot abort a connection")
 

@@ -8,7 +8,7 @@ every backend alike.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from types import TracebackType
 from typing import Any
 
@@ -50,6 +50,7 @@ class Client:
         self.url = url
         self.options = options
         self._open = False
+        self._aborted = False
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -85,7 +86,7 @@ class Client:
         return not self._open
 
     def _ready(self) -> Backend:
-        if not self._open:
+        if not self._open or self._aborted:
             raise ClientClosedError("the client is not open (use `async with coordkit.connect()`)")
         return self._backend
 
@@ -146,10 +147,8 @@ class Client:
         backend = self._ready()
         if await backend.exists(path):
             return
-        try:
+        with suppress(NodeExistsError):
             await backend.create(path, b"", ephemeral=False, sequential=False, make_parents=True)
-        except NodeExistsError:
-            pass
 
     async def get(self, path: str, *, consistent: bool = True) -> Node | None:
         """The node at ``path``, or ``None``; ``consistent=False`` allows a stale read."""
@@ -229,9 +228,13 @@ class Client:
     # -- fault injection for tests -----------------------------------------
 
     async def abort(self) -> None:
-        """Vanish without ending the session (its ephemerals wait for the TTL)."""
+        """Vanish without ending the session (its ephemerals wait for the TTL).
+
+        The client stops talking to the backend at once; leaving ``async with``
+        (or :meth:`aclose`) still releases local resources, without ending the session.
+        """
         await self._ready().abort()
-        self._open = False
+        self._aborted = True
 
     async def expire_session(self) -> None:
         """Make the current session expire now, as the server would after its TTL."""
