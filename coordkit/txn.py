@@ -181,5 +181,3 @@ def check_txn(
             check_version(op.version)
         if isinstance(op, CreateOp | DeleteOp) and op.path == "/":
             raise InvalidPathError("the root cannot be created or deleted")
-
-
