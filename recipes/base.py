@@ -1,0 +1,498 @@
+"""Pieces shared by the recipes: native dispatch, waits, contender queues, node cleanup.
+
+Every recipe is built on the public :class:`~coordkit.Client` only, so what is
+here runs unchanged on every backend. Two rules hold throughout:
+
+* **watch, then check**: a waiter opens its watch first and only then reads
+  the state it waits on, so a change between the read and the watch cannot be
+  missed (the watch is in place when ``client.watch`` returns);
+* **a waiter's own node never outlives a failed wait**: cancellation, timeout
+  or error while queueing deletes the node under a shielded scope, finding it
+  by its unique prefix when the create's outcome is unknown.
+"""
+
+from __future__ import annotations
+
+import abc
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, ClassVar, Self, TypeVar
+
+import anyio
+
+from coordkit import (
+    Client,
+    CoordkitError,
+    EventType,
+    LockLostError,
+    NoNodeError,
+    Session,
+    SessionExpiredError,
+    WrongTypeError,
+)
+from coordkit.paths import SEQUENCE_DIGITS, check_path, join
+from coordkit.plugins import native_recipe
+
+__all__ = [
+    "Contender",
+    "SequentialLock",
+    "delete_nodes",
+    "list_contenders",
+    "native_instance",
+    "wait_any_deleted",
+    "wait_deleted",
+    "wait_until",
+]
+
+T = TypeVar("T")
+
+
+# -- native dispatch -------------------------------------------------------------
+
+
+def native_instance(
+    generic: type[Any], cls: type[Any], client: Client, name: str, *args: Any, **kwargs: Any
+) -> Any | None:
+    """An instance of a backend-native ``name`` recipe, or None to use ``generic``.
+
+    Call it from ``generic.__new__``: only ``generic`` itself is replaced (a
+    subclass asked for explicitly is never swapped), and only when a plugin's
+    ``coordkit_native_recipe`` hook supplies a class for ``client.backend``.
+    The native class is constructed with ``(client, *args, **kwargs)``; it
+    must offer the same interface as ``generic``.
+    """
+    if not isinstance(client, Client):
+        raise WrongTypeError(f"client must be a coordkit.Client, not {type(client).__name__}")
+    if cls is not generic:
+        return None
+    native = native_recipe(client.backend, name)
+    if native is None or native is generic:
+        return None
+    return native(client, *args, **kwargs)
+
+
+# -- waiting: watch, then check ------------------------------------------------------
+
+
+async def _race(main: Callable[[], Awaitable[T]], stop: Callable[[], Awaitable[object]]) -> T:
+    """Run ``main``; if ``stop`` returns first, cancel ``main`` and raise SessionExpiredError.
+
+    Exceptions of ``main`` propagate as they are (never wrapped in a group).
+    """
+    outcome: list[T] = []
+    failure: list[Exception] = []
+
+    async with anyio.create_task_group() as tg:
+
+        async def watch_stop() -> None:
+            await stop()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch_stop)
+        try:
+            outcome.append(await main())
+        except Exception as exc:
+            failure.append(exc)
+        tg.cancel_scope.cancel()
+    if failure:
+        raise failure[0]
+    if not outcome:
+        raise SessionExpiredError("the session ended while waiting")
+    return outcome[0]
+
+
+async def wait_until(
+    client: Client,
+    path: str,
+    check: Callable[[], Awaitable[bool]],
+    *,
+    recursive: bool = False,
+    session: Session | None = None,
+) -> None:
+    """Return once ``check()`` is true, re-checking after every change under ``path``.
+
+    The watch is opened before the first check, so no change is missed. With
+    ``session``, raise :class:`SessionExpiredError` if that session ends first.
+    """
+
+    async def run() -> None:
+        async with client.watch(path, recursive=recursive) as events:
+            if await check():
+                return
+            async for _ in events:
+                if await check():
+                    return
+
+    await _maybe_race(run, session)
+
+
+async def wait_deleted(client: Client, path: str, *, session: Session | None = None) -> None:
+    """Return once ``path`` does not exist (at once if it is already gone).
+
+    Only ``path`` is watched, so changes elsewhere wake nobody. With
+    ``session``, raise :class:`SessionExpiredError` if that session ends first.
+    """
+
+    async def run() -> None:
+        async with client.watch(path) as events:
+            if not await client.exists(path):
+                return
+            async for event in events:
+                if event.type is EventType.DELETED:
+                    return
+
+    await _maybe_race(run, session)
+
+
+async def wait_any_deleted(
+    client: Client, directory: str, names: Collection[str], *, session: Session | None = None
+) -> None:
+    """Return once any child ``names`` of ``directory`` is gone.
+
+    One watch on the directory's subtree; other children's changes are
+    filtered out on the client, so they cost no reads. With ``session``,
+    raise :class:`SessionExpiredError` if that session ends first.
+    """
+    wanted = frozenset(join(directory, name) for name in names)
+
+    async def run() -> None:
+        async with client.watch(directory, recursive=True) as events:
+            try:
+                present = set(await client.children(directory))
+            except NoNodeError:
+                return
+            if any(name not in present for name in names):
+                return
+            async for event in events:
+                if event.type is EventType.DELETED and event.path in wanted:
+                    return
+
+    await _maybe_race(run, session)
+
+
+async def _maybe_race(run: Callable[[], Awaitable[None]], session: Session | None) -> None:
+    if session is None:
+        await run()
+    else:
+        if session.lost:
+            raise SessionExpiredError("the session ended while waiting")
+        await _race(run, session.wait_lost)
+
+
+# -- contender queues ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Contender:
+    """One queued node: ``<prefix><marker><10-digit sequence>`` (kazoo's naming)."""
+
+    name: str
+    marker: str
+    sequence: int
+
+
+def parse_contender(name: str, markers: Collection[str]) -> Contender | None:
+    """The contender a child name stands for, or None if it carries no marker."""
+    for marker in markers:
+        at = name.rfind(marker)
+        if at == -1:
+            continue
+        digits = name[at + len(marker) :]
+        if len(digits) == SEQUENCE_DIGITS and digits.isdigit() and digits.isascii():
+            return Contender(name, marker, int(digits))
+    return None
+
+
+async def list_contenders(client: Client, path: str, markers: Collection[str]) -> list[Contender]:
+    """The queued children of ``path`` in sequence order; other children are ignored.
+
+    Sequence numbers come from one counter per parent, so nodes of different
+    markers (readers and writers) order against each other. A missing
+    ``path`` is an empty queue.
+    """
+    try:
+        names = await client.children(path)
+    except NoNodeError:
+        return []
+    found = [c for c in (parse_contender(n, markers) for n in names) if c is not None]
+    found.sort(key=lambda c: c.sequence)
+    return found
+
+
+# -- cleanup -------------------------------------------------------------------------
+
+
+async def delete_nodes(client: Client, directory: str, *, known: str | None, prefix: str) -> None:
+    """Delete our queued node, shielded from cancellation, retrying transient errors.
+
+    ``known`` is the node's path when its create returned; otherwise every
+    child of ``directory`` starting with ``prefix`` is ours (a create whose
+    outcome is unknown may have succeeded). Gives up after the client's
+    operation timeout: the node is ephemeral and goes with the session anyway.
+    """
+    with anyio.move_on_after(client.options.timeout, shield=True):
+        delay = 0.02
+        while True:
+            try:
+                if known is not None:
+                    await _delete_quietly(client, known)
+                else:
+                    for name in await client.children(directory):
+                        if name.startswith(prefix):
+                            await _delete_quietly(client, join(directory, name))
+                return
+            except NoNodeError:
+                return  # the directory itself is gone
+            except CoordkitError:
+                if client.closed:
+                    return
+                await anyio.sleep(delay)  # back off before retrying a transient failure
+                delay = min(delay * 2, 0.5)
+
+
+async def _delete_quietly(client: Client, path: str) -> None:
+    with suppress(NoNodeError):
+        await client.delete(path)
+
+
+# -- the queue-of-nodes lock shared by Lock, ReadLock, WriteLock and Semaphore ---------
+
+
+class SequentialLock(abc.ABC):
+    """A lock-like primitive whose holders queue as ephemeral sequential nodes.
+
+    A contender creates ``<uuid4 hex><marker><sequence>`` under ``path``
+    (kazoo's naming) holding its identifier, then waits for the contenders
+    that :meth:`_blockers` names to go. Subclasses decide only that.
+    """
+
+    #: the marker of this kind of node, e.g. ``"__lock__"``.
+    marker: ClassVar[str]
+    #: the markers of every kind of node that may share the directory.
+    markers: ClassVar[tuple[str, ...]]
+
+    def __init__(
+        self,
+        client: Client,
+        path: str,
+        identifier: str | None = None,
+        *,
+        reentrant: bool = False,
+    ) -> None:
+        if not isinstance(client, Client):
+            raise WrongTypeError(f"client must be a coordkit.Client, not {type(client).__name__}")
+        check_path(path)
+        if identifier is not None and not isinstance(identifier, str):
+            raise WrongTypeError(f"identifier must be str, not {type(identifier).__name__}")
+        self.client = client
+        self.path = path
+        self.identifier = identifier or ""
+        self.reentrant = reentrant
+        self._node: str | None = None
+        self._token: int | None = None
+        self._session: Session | None = None
+        self._lost = False
+        self._count = 0
+        self._acquiring = False
+        self._prepared = False
+        self._holds: list[AbstractAsyncContextManager[Any]] = []
+
+    # -- what subclasses decide ---------------------------------------------------
+
+    @abc.abstractmethod
+    def _blockers(self, ahead: list[Contender]) -> list[Contender]:
+        """Of the contenders queued before us, those whose going may let us in.
+
+        Empty means we hold it now.
+        """
+
+    async def _prepare(self) -> None:
+        """Make sure ``path`` exists (subclasses may check its settings too)."""
+        await self.client.ensure_path(self.path)
+
+    # -- state ----------------------------------------------------------------------
+
+    @property
+    def token(self) -> int | None:
+        """A fencing token while held: the create revision of our node, else None.
+
+        Successive holders of a lock get strictly increasing tokens; pass it to
+        the resource you protect so it can refuse a holder that lost the lock.
+        """
+        return self._token if self._node is not None else None
+
+    @property
+    def is_held(self) -> bool:
+        """Whether this object holds it: acquired, not released, session not lost."""
+        return self._node is not None and self._session is not None and not self._session.lost
+
+    @property
+    def lost(self) -> bool:
+        """Whether the session it was last acquired under ended while it was held.
+
+        Stays True after :meth:`release` until the next :meth:`acquire`.
+        """
+        if self._node is not None and self._session is not None:
+            return self._session.lost
+        return self._lost
+
+    async def wait_lost(self) -> None:
+        """Return once the session it is held under ends (the lock is then lost)."""
+        if self._session is None or self._node is None:
+            raise RuntimeError(f"{type(self).__name__} on {self.path} is not held")
+        await self._session.wait_lost()
+
+    async def contenders(self) -> list[str]:
+        """Identifiers of every queued contender (holders first), in queue order."""
+        out: list[str] = []
+        for contender in await list_contenders(self.client, self.path, self.markers):
+            node = await self.client.get(join(self.path, contender.name))
+            if node is not None:
+                out.append(node.value.decode("utf-8", "replace"))
+        return out
+
+    # -- acquire and release ----------------------------------------------------------
+
+    async def acquire(self, timeout: float | None = None, blocking: bool = True) -> bool:
+        """Queue and wait for our turn; True once held.
+
+        Returns False when ``timeout`` seconds pass first, or at once with
+        ``blocking=False`` if it is not free; either way our node is gone.
+        Cancellation and errors delete the node too (shielded). If the
+        session ends while we wait, raises :class:`SessionExpiredError`.
+        """
+        if self._node is not None:
+            if not self.reentrant:
+                raise RuntimeError(
+                    f"{type(self).__name__} on {self.path} is already held by this object "
+                    "(pass reentrant=True to count nested acquisitions)"
+                )
+            self._count += 1
+            return True
+        if self._acquiring:
+            raise RuntimeError(f"{type(self).__name__} on {self.path} is already being acquired")
+        self._acquiring = True
+        self._lost = False
+        prefix = uuid.uuid4().hex + self.marker
+        created: list[str] = []
+        acquired = False
+        try:
+            with anyio.move_on_after(timeout):
+                acquired = await self._queue_and_wait(prefix, created, blocking)
+        finally:
+            self._acquiring = False
+            if not acquired:
+                known = created[-1] if created else None
+                await delete_nodes(self.client, self.path, known=known, prefix=prefix)
+        return acquired
+
+    async def _queue_and_wait(self, prefix: str, created: list[str], blocking: bool) -> bool:
+        if not self._prepared:
+            await self._prepare()
+            self._prepared = True
+        session = self.client.session
+        node = await self._create(prefix, session)
+        created.append(node.path)
+        while True:
+            queue = await list_contenders(self.client, self.path, self.markers)
+            names = [c.name for c in queue]
+            if node.name not in names:
+                # Our node went without the session ending (someone deleted it):
+                # queue again, at the back.
+                node = await self._create(prefix, session)
+                created.append(node.path)
+                continue
+            blockers = self._blockers(queue[: names.index(node.name)])
+            if not blockers:
+                self._node, self._token, self._session = node.path, node.create_revision, session
+                self._count = 1
+                return True
+            if not blocking:
+                return False
+            if len(blockers) == 1:
+                await wait_deleted(self.client, join(self.path, blockers[0].name), session=session)
+            else:
+                names_ = [b.name for b in blockers]
+                await wait_any_deleted(self.client, self.path, names_, session=session)
+
+    async def _create(self, prefix: str, session: Session) -> Any:
+        if session.lost:
+            raise SessionExpiredError("the session ended while waiting")
+        value = self.identifier.encode("utf-8")
+        path = join(self.path, prefix)
+        try:
+            return await self.client.create(path, value, ephemeral=True, sequential=True)
+        except NoNodeError:
+            await self.client.ensure_path(self.path)  # someone removed the directory
+            return await self.client.create(path, value, ephemeral=True, sequential=True)
+
+    async def release(self) -> None:
+        """Give it up (one level, if reentrant); the next waiter in line gets it.
+
+        Safe after the session was lost (the node is already gone) and shielded
+        from cancellation. If the backend stays unreachable for the client's
+        operation timeout the node is left to go with the session.
+        Raises RuntimeError if this object does not hold it.
+        """
+        if self._node is None:
+            raise RuntimeError(f"{type(self).__name__} on {self.path} is not held")
+        self._count -= 1
+        if self._count > 0:
+            return
+        self._lost = self._session is not None and self._session.lost
+        node, self._node, self._token, self._session = self._node, None, None, None
+        await delete_nodes(self.client, self.path, known=node, prefix="")
+
+    # -- async with ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        hold = self._hold()
+        await hold.__aenter__()
+        self._holds.append(hold)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        return await self._holds.pop().__aexit__(exc_type, exc, tb)
+
+    @asynccontextmanager
+    async def _hold(self) -> AsyncIterator[None]:
+        """Hold it for the body, which is cancelled if the session ends meanwhile.
+
+        After such a loss the body's cancellation is replaced by
+        :class:`LockLostError`; any other exception of the body passes unchanged.
+        """
+        await self.acquire()
+        session = self._session
+        assert session is not None
+        body_error: Exception | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def cancel_on_loss() -> None:
+                    await session.wait_lost()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(cancel_on_loss)
+                try:
+                    yield
+                except Exception as exc:  # re-raised below, outside the task group
+                    body_error = exc
+                tg.cancel_scope.cancel()
+        finally:
+            await self.release()
+        if body_error is not None:
+            raise body_error
+        if session.lost:
+            raise LockLostError(f"{type(self).__name__} on {self.path} lost: the session ended")
+
+    def __repr__(self) -> str:
+        state = "held" if self.is_held else "lost" if self.lost else "free"
+        return f"{type(self).__name__}({self.path!r}, identifier={self.identifier!r}, {state})"
