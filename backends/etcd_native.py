@@ -1,0 +1,1 @@
+NATIVE_RECIPES: dict[str, type] = {}

@@ -1,0 +1,228 @@
+"""Real etcd servers for tests: a shared single node, a 3-node cluster, ``etcd_url``.
+
+The servers are ``etcd`` subprocesses (Debian ``etcd-server``) on free loopback
+ports with temporary data directories. One single-node server is shared by
+the whole run; every test gets its own key prefix (the URL path), so tests
+never see each other's keys. The 3-node cluster starts only when a test asks
+for it (the failover tests).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
+MISSING_ETCD = "etcd is not installed: apt-get install etcd-server etcd-client"
+MISSING_CLIENT = "the etcd client library is missing: pip install 'coordkit[etcd]'"
+TRIO_SKIP = "etcd backend: grpc.aio (the transport under aetcd) runs on asyncio only"
+START_TIMEOUT = 20.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class EtcdMember:
+    """One etcd process; ``start``/``stop`` may be called repeatedly (data persists)."""
+
+    name: str
+    data_dir: Path
+    client_port: int
+    peer_port: int
+    initial_cluster: str = ""
+    process: subprocess.Popen[bytes] | None = None
+    started_once: bool = False
+
+    @property
+    def client_url(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    def start(self) -> None:
+        if self.process is not None:
+            return
+        args = [
+            ETCD,
+            "--name", self.name,
+            "--data-dir", str(self.data_dir),
+            "--listen-client-urls", self.client_url,
+            "--advertise-client-urls", self.client_url,
+            "--listen-peer-urls", self.peer_url,
+            "--initial-advertise-peer-urls", self.peer_url,
+            "--initial-cluster", self.initial_cluster or f"{self.name}={self.peer_url}",
+            "--initial-cluster-state", "existing" if self.started_once else "new",
+            "--initial-cluster-token", f"coordkit-{self.data_dir.name}",
+            # Fast elections keep the failover test short; loopback has no jitter.
+            "--heartbeat-interval", "50",
+            "--election-timeout", "500",
+            "--logger", "zap",
+            "--log-level", "error",
+        ]  # fmt: skip
+        log = (self.data_dir.parent / f"{self.name}.log").open("ab")
+        with log:
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        self.started_once = True
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.client_url}/health", timeout=1) as reply:
+                return bool(json.load(reply).get("health") == "true")
+        except (OSError, urllib.error.URLError, ValueError):
+            return False
+
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self.healthy():
+            if self.process is not None and self.process.poll() is not None:
+                log = (self.data_dir.parent / f"{self.name}.log").read_text(errors="replace")
+                raise RuntimeError(f"etcd {self.name} exited:\n{log[-2000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"etcd {self.name} not healthy after {START_TIMEOUT}s")
+            time.sleep(0.05)
+
+
+@dataclass
+class EtcdCluster:
+    """A set of members started together; ``endpoints`` is the ``h:p,h:p`` host list."""
+
+    members: list[EtcdMember] = field(default_factory=list)
+
+    @property
+    def endpoints(self) -> str:
+        return ",".join(m.endpoint for m in self.members)
+
+    def url(self, prefix: str = "") -> str:
+        return f"etcd://{self.endpoints}{prefix}"
+
+    def etcdctl(self, *args: str, timeout: float = 10) -> str:
+        """Run ``etcdctl`` (API v3) against every member; return its stdout."""
+        done = subprocess.run(
+            [ETCDCTL, f"--endpoints={self.endpoints}", *args],
+            capture_output=True,
+            timeout=timeout,
+            check=True,
+            env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+        )
+        return done.stdout.decode()
+
+    def leader(self) -> EtcdMember:
+        """The member that reports itself leader (``etcdctl endpoint status``)."""
+        running = [m for m in self.members if m.process is not None]
+        out = subprocess.run(
+            [ETCDCTL, f"--endpoints={','.join(m.endpoint for m in running)}",
+             "endpoint", "status", "-w", "json"],
+            capture_output=True, timeout=10, check=True, env={"ETCDCTL_API": "3"},
+        ).stdout  # fmt: skip
+        for entry in json.loads(out):
+            status = entry["Status"]
+            if status["header"]["member_id"] == status["leader"]:
+                for member in running:
+                    if entry["Endpoint"].endswith(f":{member.client_port}"):
+                        return member
+        raise RuntimeError("the cluster has no leader")
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()
+
+
+def _start_cluster(size: int, root: Path) -> EtcdCluster:
+    members = [EtcdMember(f"m{i}", root / f"m{i}", free_port(), free_port()) for i in range(size)]
+    initial = ",".join(f"{m.name}={m.peer_url}" for m in members)
+    cluster = EtcdCluster(members)
+    try:
+        for member in members:
+            member.initial_cluster = initial
+            member.start()
+        for member in members:
+            member.wait_healthy()
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def etcd_server() -> Iterator[EtcdCluster]:
+    """One single-node etcd shared by the whole run."""
+    if not Path(ETCD).exists():
+        pytest.skip(MISSING_ETCD)
+    with tempfile.TemporaryDirectory(prefix="coordkit-etcd-") as root:
+        cluster = _start_cluster(1, Path(root))
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def etcd_cluster() -> Iterator[EtcdCluster]:
+    """A 3-member etcd cluster, started on first use and shared."""
+    if not Path(ETCD).exists():
+        pytest.skip(MISSING_ETCD)
+    with tempfile.TemporaryDirectory(prefix="coordkit-etcd3-") as root:
+        cluster = _start_cluster(3, Path(root))
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+
+
+def _require_asyncio_and_client(anyio_backend: str) -> None:
+    if anyio_backend != "asyncio":
+        pytest.skip(TRIO_SKIP)
+    if importlib.util.find_spec("aetcd") is None:
+        pytest.skip(MISSING_CLIENT)
+
+
+@pytest.fixture
+def etcd_url(anyio_backend: str, request: pytest.FixtureRequest) -> str:
+    """An ``etcd://`` URL whose path is a fresh key prefix: isolated from other tests."""
+    _require_asyncio_and_client(anyio_backend)
+    server: EtcdCluster = request.getfixturevalue("etcd_server")
+    return server.url(f"/t-{uuid.uuid4().hex}")
+
+
+@pytest.fixture
+def etcd_cluster_url(anyio_backend: str, request: pytest.FixtureRequest) -> str:
+    """Like ``etcd_url``, on the 3-member cluster (every member listed in the URL)."""
+    _require_asyncio_and_client(anyio_backend)
+    cluster: EtcdCluster = request.getfixturevalue("etcd_cluster")
+    return cluster.url(f"/t-{uuid.uuid4().hex}")
