@@ -1,11 +1,32 @@
-"""The zookeeper backend (being written; registers no scheme yet)."""
+"""The ``zookeeper://host:port,host:port/chroot`` backend (extra: ``coordkit[zookeeper]``).
+
+The backend itself lives in :mod:`coordkit.backends.zookeeper_backend` and is
+imported only when a ``zookeeper://`` URL is opened, so importing this module
+needs no kazoo. See ``docs/backends/zookeeper.md``.
+"""
 
 from __future__ import annotations
 
 from coordkit import hookimpl
-from coordkit.backend import BackendFactory
+from coordkit.backend import Backend, BackendFactory, BackendURL, ConnectOptions
+from coordkit.errors import ConfigurationError
+
+__all__ = ["coordkit_backends", "create_backend"]
+
+
+def create_backend(url: BackendURL, options: ConnectOptions) -> Backend:
+    """The factory for ``zookeeper://`` URLs."""
+    try:
+        import kazoo  # noqa: F401
+    except ImportError as exc:
+        raise ConfigurationError(
+            "the zookeeper backend needs kazoo: pip install 'coordkit[zookeeper]'"
+        ) from exc
+    from .zookeeper_backend import ZooKeeperBackend
+
+    return ZooKeeperBackend(url, options)
 
 
 @hookimpl
 def coordkit_backends() -> dict[str, BackendFactory]:
-    return {}
+    return {"zookeeper": create_backend}
