@@ -1,0 +1,379 @@
+"""Lock: mutual exclusion, FIFO, fencing tokens, no herd, session loss, no orphan nodes."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+import coordkit
+from coordkit import Capability, Client, ConnectionLostError, LockLostError, SessionExpiredError
+from coordkit.plugins import get_plugin_manager
+from coordkit.recipes.base import list_contenders, wait_until
+from coordkit.recipes.lock import Lock
+
+pytestmark = pytest.mark.anyio
+
+PATH = "/locks/job"
+KAZOO_NAME = re.compile(r"^[0-9a-f]{32}__lock__[0-9]{10}$")
+
+
+@asynccontextmanager
+async def clients(url: str, count: int, **options: Any) -> AsyncIterator[list[Client]]:
+    async with AsyncExitStack() as stack:
+        yield [
+            await stack.enter_async_context(coordkit.connect(url, **options)) for _ in range(count)
+        ]
+
+
+async def wait_queue_length(client: Client, path: str, length: int) -> None:
+    """Wait (by watching, not polling) until ``length`` contenders are queued on ``path``."""
+
+    async def reached() -> bool:
+        return len(await list_contenders(client, path, Lock.markers)) >= length
+
+    with anyio.fail_after(10):
+        await wait_until(client, path, reached, recursive=True)
+
+
+async def test_holders_never_overlap_and_tokens_increase(backend_url: str) -> None:
+    tasks, rounds = 20, 30
+    log: list[tuple[str, int]] = []
+    tokens: list[int] = []
+    async with clients(backend_url, tasks) as conns:
+
+        async def contend(i: int) -> None:
+            for _ in range(rounds):
+                async with Lock(conns[i], PATH, f"task-{i}") as lock:
+                    log.append(("enter", i))
+                    assert lock.token is not None
+                    tokens.append(lock.token)
+                    await anyio.lowlevel.checkpoint()  # let any intruder run now
+                    log.append(("exit", i))
+
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as tg:
+                for i in range(tasks):
+                    tg.start_soon(contend, i)
+        assert await conns[0].children(PATH) == []
+
+    assert len(log) == 2 * tasks * rounds
+    for enter, exit_ in zip(log[::2], log[1::2], strict=True):
+        assert enter[0] == "enter" and exit_ == ("exit", enter[1]), "two holders overlapped"
+    assert all(a < b for a, b in zip(tokens, tokens[1:], strict=False)), "tokens must increase"
+
+
+async def test_waiters_acquire_in_the_order_they_queued(backend_url: str) -> None:
+    waiters = 8
+    order: list[int] = []
+    tokens: list[int] = []
+    async with clients(backend_url, waiters + 1) as conns:
+        holder = Lock(conns[0], PATH, "holder")
+        assert await holder.acquire()
+
+        async def wait_turn(i: int) -> None:
+            async with Lock(conns[i + 1], PATH, f"w{i}") as lock:
+                order.append(i)
+                assert lock.token is not None
+                tokens.append(lock.token)
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for i in range(waiters):
+                    tg.start_soon(wait_turn, i)
+                    await wait_queue_length(conns[0], PATH, i + 2)
+                assert await holder.contenders() == ["holder"] + [f"w{i}" for i in range(waiters)]
+                first_token = holder.token
+                await holder.release()
+    assert order == list(range(waiters))
+    assert first_token is not None and first_token < tokens[0]
+    assert tokens == sorted(set(tokens))
+
+
+def count_reads(client: Client) -> tuple[Counter[str], anyio.Event]:
+    """Count the client's reads and watches.
+
+    The event is set at the first read after a watch opened: a waiter has
+    then checked what it watches, and makes no further call until woken.
+    """
+    calls: Counter[str] = Counter()
+    checked = anyio.Event()
+    for name in ("children", "exists", "get", "watch"):
+        original = getattr(client, name)
+
+        def counted(*args: Any, _original: Any = original, _name: str = name, **kw: Any) -> Any:
+            calls[_name] += 1
+            if _name != "watch" and calls["watch"]:
+                checked.set()
+            return _original(*args, **kw)
+
+        setattr(client, name, counted)
+    return calls, checked
+
+
+async def test_waiter_watches_only_its_predecessor(backend_url: str) -> None:
+    async with clients(backend_url, 4) as conns:
+        holder = Lock(conns[0], PATH, "h")
+        assert await holder.acquire()
+        counters = [count_reads(c) for c in conns[1:]]
+        acquired = [anyio.Event() for _ in counters]
+        may_release = [anyio.Event() for _ in counters]
+
+        async def wait_turn(i: int) -> None:
+            async with Lock(conns[i + 1], PATH, f"w{i}"):
+                acquired[i].set()
+                await may_release[i].wait()
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for i in range(len(counters)):
+                    tg.start_soon(wait_turn, i)
+                    await counters[i][1].wait()  # it checked its predecessor: now waiting
+                    await wait_queue_length(conns[0], PATH, i + 2)
+                before = [sum(calls.values()) for calls, _ in counters]
+
+                await holder.release()  # wakes w0 only
+                await acquired[0].wait()
+                assert sum(counters[1][0].values()) == before[1], "w1 woke on a non-predecessor"
+                may_release[0].set()  # wakes w1 only
+                await acquired[1].wait()
+                assert sum(counters[2][0].values()) == before[2], "w2 woke on a non-predecessor"
+                may_release[1].set()
+                may_release[2].set()
+
+
+async def test_expired_session_cancels_the_body_and_raises_lock_lost(backend_url: str) -> None:
+    async with clients(backend_url, 2) as (h, w):
+        if Capability.EXPIRE_SESSION not in h.capabilities:
+            pytest.skip("the backend cannot expire a session on demand")
+        entered = anyio.Event()
+        body_cancelled = False
+        lost_token: list[int | None] = []
+
+        async def hold() -> None:
+            nonlocal body_cancelled
+            lock = Lock(h, PATH, "holder")
+            with pytest.raises(LockLostError):
+                async with lock:
+                    lost_token.append(lock.token)
+                    entered.set()
+                    try:
+                        await anyio.sleep_forever()
+                    except anyio.get_cancelled_exc_class():
+                        body_cancelled = True
+                        raise
+            assert lock.lost and not lock.is_held
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(hold)
+                await entered.wait()
+                waiter = Lock(w, PATH, "waiter")
+                tg.start_soon(waiter.acquire)
+                await wait_queue_length(w, PATH, 2)
+                await h.expire_session()
+            assert waiter.is_held
+        assert body_cancelled
+        assert waiter.token is not None and lost_token[0] is not None
+        assert waiter.token > lost_token[0]
+        assert await waiter.contenders() == ["waiter"]
+
+
+async def test_lost_session_is_reported_outside_async_with(backend_url: str) -> None:
+    async with clients(backend_url, 1) as (h,):
+        if Capability.EXPIRE_SESSION not in h.capabilities:
+            pytest.skip("the backend cannot expire a session on demand")
+        lock = Lock(h, PATH)
+        assert await lock.acquire()
+        assert lock.is_held and not lock.lost
+        await h.expire_session()
+        with anyio.fail_after(10):
+            await lock.wait_lost()
+        assert lock.lost and not lock.is_held
+        await lock.release()  # the node is already gone: no error
+        assert lock.lost and lock.token is None
+        assert await lock.acquire()  # a fresh session serves a new acquisition
+        assert not lock.lost
+        await lock.release()
+
+
+async def test_vanished_holder_is_replaced_after_the_session_ttl(backend_url: str) -> None:
+    ttl = 1.5
+    async with (
+        coordkit.connect(backend_url, session_ttl=ttl) as h,
+        coordkit.connect(backend_url) as w,
+    ):
+        if Capability.ABORT not in h.capabilities:
+            pytest.skip("the backend cannot make a client vanish")
+        assert await Lock(h, PATH, "vanishing").acquire()
+        waiter = Lock(w, PATH, "waiter")
+        await h.abort()
+        started = anyio.current_time()
+        with anyio.fail_after(ttl + 15):
+            assert await waiter.acquire()
+        elapsed = anyio.current_time() - started
+        assert elapsed >= ttl * 0.5, f"the lock moved after {elapsed:.2f}s, before the TTL"
+        assert await waiter.contenders() == ["waiter"]
+        await waiter.release()
+
+
+async def test_session_lost_while_waiting_raises_and_leaves_no_node(backend_url: str) -> None:
+    async with clients(backend_url, 2) as (h, w):
+        if Capability.EXPIRE_SESSION not in w.capabilities:
+            pytest.skip("the backend cannot expire a session on demand")
+        holder = Lock(h, PATH, "holder")
+        assert await holder.acquire()
+        waiter = Lock(w, PATH, "waiter")
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+
+                async def wait() -> None:
+                    with pytest.raises(SessionExpiredError):
+                        await waiter.acquire()
+
+                tg.start_soon(wait)
+                await wait_queue_length(h, PATH, 2)
+                await w.expire_session()
+        assert await holder.contenders() == ["holder"]
+        await holder.release()
+
+
+async def test_cancelled_acquires_leave_no_orphan_node(backend_url: str) -> None:
+    seed = 20240607
+    rng = random.Random(seed)
+    tasks, rounds = 16, 12
+    holders = 0
+    outcomes: Counter[str] = Counter()
+    async with clients(backend_url, 4) as conns:
+
+        async def contend(i: int, delays: list[float]) -> None:
+            nonlocal holders
+            for delay in delays:
+                lock = Lock(conns[i % len(conns)], PATH, f"t{i}")
+                entered = False
+                with anyio.move_on_after(delay):
+                    async with lock:
+                        entered = True
+                        holders += 1
+                        try:
+                            assert holders == 1, f"two holders (seed {seed})"
+                            await anyio.sleep(delay / 4)
+                        finally:
+                            holders -= 1
+                outcomes["held" if entered else "cancelled"] += 1
+                assert not lock.is_held
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for i in range(tasks):
+                    tg.start_soon(contend, i, [rng.uniform(0, 0.03) for _ in range(rounds)])
+        assert await conns[0].children(PATH) == [], f"orphan nodes (seed {seed})"
+    # Both outcomes happened many times, so cancellation hit waiting acquires.
+    assert outcomes["cancelled"] > tasks and outcomes["held"] > tasks, outcomes
+
+
+async def test_unknown_create_outcome_is_cleaned_up_by_prefix(backend_url: str) -> None:
+    async with clients(backend_url, 1) as (client,):
+        original = client.create
+
+        async def create_then_fail(*args: Any, **kwargs: Any) -> Any:
+            await original(*args, **kwargs)
+            raise ConnectionLostError("the reply was lost")
+
+        client.create = create_then_fail  # type: ignore[method-assign]
+        with pytest.raises(ConnectionLostError):
+            await Lock(client, PATH).acquire()
+        assert await client.children(PATH) == []
+
+
+async def test_acquire_times_out_and_leaves_no_node(backend_url: str) -> None:
+    async with clients(backend_url, 2) as (h, w):
+        holder = Lock(h, PATH, "holder")
+        assert await holder.acquire()
+        waiter = Lock(w, PATH, "waiter")
+        with anyio.fail_after(10):
+            assert await waiter.acquire(timeout=0.2) is False
+        assert await waiter.acquire(blocking=False) is False
+        assert not waiter.is_held and waiter.token is None
+        assert await holder.contenders() == ["holder"]
+        await holder.release()
+        assert await waiter.acquire(blocking=False) is True
+        await waiter.release()
+        assert await h.children(PATH) == []
+
+
+async def test_reentrancy_is_explicit(backend_url: str) -> None:
+    async with clients(backend_url, 1) as (client,):
+        plain = Lock(client, PATH)
+        async with plain:
+            with pytest.raises(RuntimeError, match="reentrant=True"):
+                await plain.acquire()
+        reentrant = Lock(client, PATH, reentrant=True)
+        async with reentrant:
+            token = reentrant.token
+            async with reentrant:
+                assert reentrant.token == token
+            assert reentrant.is_held  # one level left
+            assert len(await client.children(PATH)) == 1
+        assert not reentrant.is_held
+        assert await client.children(PATH) == []
+        with pytest.raises(RuntimeError, match="not held"):
+            await reentrant.release()
+
+
+async def test_nodes_use_kazoo_naming_and_hold_the_identifier(backend_url: str) -> None:
+    async with clients(backend_url, 1) as (client,):
+        async with Lock(client, PATH, "worker-7 ✓") as lock:
+            (name,) = await client.children(PATH)
+            assert KAZOO_NAME.match(name)
+            node = await client.get(f"{PATH}/{name}")
+            assert node is not None
+            assert node.value == "worker-7 ✓".encode()
+            assert node.ephemeral_owner == client.session.id
+            assert lock.token == node.create_revision
+            assert await lock.contenders() == ["worker-7 ✓"]
+
+
+async def test_body_errors_pass_through_unchanged(backend_url: str) -> None:
+    async with clients(backend_url, 1) as (client,):
+        with pytest.raises(KeyError):
+            async with Lock(client, PATH):
+                raise KeyError("boom")
+        assert await client.children(PATH) == []
+
+
+class _NativeLock:
+    def __init__(self, client: Client, path: str, *args: Any, **kwargs: Any) -> None:
+        self.args = (path, *args)
+        self.kwargs = kwargs
+
+
+class _NativePlugin:
+    @coordkit.hookimpl
+    def coordkit_native_recipe(self, backend: object, name: str) -> type[Any] | None:
+        return _NativeLock if name == "Lock" else None
+
+
+async def test_a_backend_native_lock_replaces_the_generic_one(memory_url: str) -> None:
+    manager = get_plugin_manager()
+    plugin = _NativePlugin()
+    manager.register(plugin)
+    try:
+        async with coordkit.connect(memory_url) as client:
+            lock: Any = Lock(client, PATH, "me", reentrant=True)
+            assert isinstance(lock, _NativeLock)
+            assert lock.args == (PATH, "me") and lock.kwargs == {"reentrant": True}
+
+            class Mine(Lock):
+                pass
+
+            assert type(Mine(client, PATH)) is Mine  # subclasses are never swapped
+    finally:
+        manager.unregister(plugin)
