@@ -118,12 +118,12 @@ class EtcdBackend(Backend):
             return
         self._closed = True
         await self._stop_runner()
-        session = self._session
-        if session is not None and not self._aborted and self._channel is not None:
+        session, channel = self._session, self._channel
+        if session is not None and not self._aborted and channel is not None:
             # Revoking the lease deletes the session's ephemeral nodes at once.
             with anyio.move_on_after(min(self.options.timeout, 3.0)), suppress(CoordkitError):
-                await self.channel.call(
-                    self.channel.lease.LeaseRevoke,
+                await channel.call(
+                    channel.lease.LeaseRevoke,
                     rpc.LeaseRevokeRequest(ID=session.id),
                     idempotent=True,
                 )
@@ -222,6 +222,8 @@ class EtcdBackend(Backend):
                 await anyio.sleep(session.ttl / 3)
         finally:
             call.cancel()
+            with anyio.CancelScope(shield=True):
+                await call.code()  # let grpc finish the call on this event loop
 
     def lease_for(self, ephemeral: bool) -> int:
         return self.session.id if ephemeral else 0
@@ -314,13 +316,18 @@ class EtcdBackend(Backend):
             compares.append(ops.compare(layout.data(final), ops.CREATE, ops.EQUAL, 0))
             writes.append(ops.put_op(layout.data(final), value, lease=lease))
             writes.append(ops.put_op(layout.index(final), b"", lease=lease))
-            diagnose = [ops.range_op(layout.data(parent_path)), ops.range_op(layout.data(final))]
+            diagnose = [
+                ops.range_op(layout.data(parent_path)),
+                ops.range_op(layout.data(final)),
+                ops.range_op(layout.sequence(parent_path)),
+            ]
             reply = await self.kv_txn(ops.txn_request(compares, writes, diagnose))
             if reply.succeeded:
                 rev = int(reply.header.revision)
                 return Node(final, value, rev, rev, 0, lease or None, 0)
-            parent_kv, node_kv = (ops.kvs(r) for r in reply.responses)
-            if node_kv:
+            parent_kv, node_kv, counter = (ops.kvs(r) for r in reply.responses)
+            raced = sequential and (counter[0].version if counter else 0) != seq_version
+            if node_kv and not raced:
                 raise NodeExistsError(final)
             if parent_path != "/" and not parent_kv and not make_parents:
                 raise NoNodeError(f"parent of {path!r} does not exist")

@@ -162,6 +162,10 @@ class EtcdChannel:
 
     async def close(self) -> None:
         await self.channel.close(grace=None)
+        # grpc.aio's poller thread hands completions of just-cancelled operations
+        # to the loop they started on; if that loop closes first, grpc reports
+        # "Event loop is closed" on whichever loop runs next. Let them land.
+        await anyio.sleep(0.05)
 
 
 def ttl_seconds(ttl: float) -> int:

@@ -16,10 +16,11 @@ import anyio
 import grpc
 from aetcd import rpc
 
-from coordkit.errors import ConnectionLostError, CoordkitError
+from coordkit.errors import CompactedError, ConnectionLostError, CoordkitError
 from coordkit.model import Event, EventType
 
 from . import etcd_ops as ops
+from .etcd_keys import prefix_end
 from .etcd_rpc import WatchCompacted, map_error
 
 if TYPE_CHECKING:
@@ -54,9 +55,10 @@ class EtcdWatch:
 
     async def stop(self) -> None:
         self._stopped = True
-        if self._call is not None:
-            self._call.cancel()
-            self._call = None
+        call, self._call = self._call, None
+        if call is not None:
+            call.cancel()
+            await call.code()  # let grpc finish the call on this event loop
 
     def __aiter__(self) -> EtcdWatch:
         return self
@@ -78,10 +80,10 @@ class EtcdWatch:
             if reply is grpc.aio.EOF:
                 await self._resume()
                 continue
-            self._take(reply)
+            await self._take(reply)
         return self._pending.popleft()
 
-    def _take(self, reply: Any) -> None:
+    async def _take(self, reply: Any) -> None:
         if reply.compact_revision:
             raise map_error(WatchCompacted(int(reply.compact_revision)))
         if reply.canceled:
@@ -100,7 +102,22 @@ class EtcdWatch:
                 continue
             created = kv.version == 1 and path != "/"
             kind = EventType.CREATED if created else EventType.UPDATED
-            self._pending.append(Event(kind, path, ops.node_of(path, kv, 0), kv.mod_revision))
+            count = 0 if created else await self._children_at(path, int(kv.mod_revision))
+            node = ops.node_of(path, kv, count)
+            self._pending.append(Event(kind, path, node, kv.mod_revision))
+
+    async def _children_at(self, path: str, revision: int) -> int:
+        """``num_children`` of ``path`` at ``revision`` (0 if that history is compacted)."""
+        kids = self._backend.layout.children(path)
+        request = rpc.RangeRequest(
+            key=kids, range_end=prefix_end(kids), count_only=True, revision=revision
+        )
+        channel = self._backend.channel
+        try:
+            reply = await channel.call(channel.kv.Range, request, idempotent=True)
+        except CompactedError:
+            return 0
+        return int(reply.count)
 
     async def _open(self, from_revision: int | None) -> None:
         backend = self._backend
