@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 from collections import Counter
@@ -12,12 +13,12 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from coordkit.recipes.base import list_contenders, wait_until
+from coordkit.recipes.lock import Lock
 
 import coordkit
 from coordkit import Capability, Client, ConnectionLostError, LockLostError, SessionExpiredError
 from coordkit.plugins import get_plugin_manager
-from coordkit.recipes.base import list_contenders, wait_until
-from coordkit.recipes.lock import Lock
 
 pytestmark = pytest.mark.anyio
 
@@ -67,7 +68,7 @@ async def test_holders_never_overlap_and_tokens_increase(backend_url: str) -> No
     assert len(log) == 2 * tasks * rounds
     for enter, exit_ in zip(log[::2], log[1::2], strict=True):
         assert enter[0] == "enter" and exit_ == ("exit", enter[1]), "two holders overlapped"
-    assert all(a < b for a, b in zip(tokens, tokens[1:], strict=False)), "tokens must increase"
+    assert all(a < b for a, b in itertools.pairwise(tokens)), "tokens must increase"
 
 
 async def test_waiters_acquire_in_the_order_they_queued(backend_url: str) -> None:
@@ -329,16 +330,15 @@ async def test_reentrancy_is_explicit(backend_url: str) -> None:
 
 
 async def test_nodes_use_kazoo_naming_and_hold_the_identifier(backend_url: str) -> None:
-    async with clients(backend_url, 1) as (client,):
-        async with Lock(client, PATH, "worker-7 ✓") as lock:
-            (name,) = await client.children(PATH)
-            assert KAZOO_NAME.match(name)
-            node = await client.get(f"{PATH}/{name}")
-            assert node is not None
-            assert node.value == "worker-7 ✓".encode()
-            assert node.ephemeral_owner == client.session.id
-            assert lock.token == node.create_revision
-            assert await lock.contenders() == ["worker-7 ✓"]
+    async with clients(backend_url, 1) as (client,), Lock(client, PATH, "worker-7 ✓") as lock:
+        (name,) = await client.children(PATH)
+        assert KAZOO_NAME.match(name)
+        node = await client.get(f"{PATH}/{name}")
+        assert node is not None
+        assert node.value == "worker-7 ✓".encode()
+        assert node.ephemeral_owner == client.session.id
+        assert lock.token == node.create_revision
+        assert await lock.contenders() == ["worker-7 ✓"]
 
 
 async def test_body_errors_pass_through_unchanged(backend_url: str) -> None:
