@@ -27,6 +27,7 @@ __all__ = [
     "Kit",
     "TreeState",
     "expect_error",
+    "gather_events",
     "next_event",
     "require",
     "revision_of",
@@ -132,6 +133,25 @@ async def next_event(events: AsyncIterator[Event], timeout: float) -> Event:
 async def take_events(events: AsyncIterator[Event], count: int, timeout: float) -> list[Event]:
     """The next ``count`` events of a watch, each within ``timeout``."""
     return [await next_event(events, timeout) for _ in range(count)]
+
+
+async def gather_events(events: AsyncIterator[Event], count: int, timeout: float) -> list[Event]:
+    """Up to ``count`` events; stops early when none comes for ``timeout`` s.
+
+    Unlike :func:`take_events` it never fails the test, so it can run in a
+    task beside the writers; the caller asserts on what arrived.
+    """
+    got: list[Event] = []
+    while len(got) < count:
+        with anyio.move_on_after(timeout) as scope:
+            try:
+                event = await events.__anext__()
+            except StopAsyncIteration:
+                break
+        if scope.cancelled_caught:
+            break
+        got.append(event)
+    return got
 
 
 async def expect_quiet(events: AsyncIterator[Event], seconds: float) -> None:

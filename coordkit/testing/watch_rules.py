@@ -22,6 +22,7 @@ from .harness import (
     Kit,
     event_key,
     expect_error,
+    gather_events,
     next_event,
     require,
     revision_of,
@@ -134,7 +135,7 @@ class WatchRules(ConformanceBase):
             deleted_paths.append(path)
 
         async def collect(events: AsyncIterator[Event], into: list[Event], count: int) -> None:
-            into.extend(await take_events(events, count, kit.wait_timeout))
+            into.extend(await gather_events(events, count, kit.wait_timeout))
 
         one_path = "/load/c0-t0"
         async with kit.connect() as watcher, kit.clients(self.watch_writer_clients) as writers:
@@ -152,6 +153,9 @@ class WatchRules(ConformanceBase):
                         for c, client in enumerate(writers):
                             for t in range(self.watch_tasks_per_client):
                                 writing.start_soon(write, client, f"/load/c{c}-t{t}")
+                lost, lost_one = total - len(everything), updates + 2 - len(one)
+                assert not lost, f"the subtree watch lost {lost} of {total} events"
+                assert not lost_one, f"the node watch lost {lost_one} of {updates + 2} events"
                 fence = await writers[0].set("/load", b"fence")
                 _assert_event(await next_event(events, kit.wait_timeout), UPDATED, fence)
                 fence_one = await writers[0].create(one_path, b"fence")
