@@ -82,6 +82,7 @@ class EtcdBackend(Backend):
         self._last_renewed = 0.0
         self._aborted = False
         self._closed = False
+        self._turns: dict[str, anyio.Semaphore] = {}
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -164,6 +165,11 @@ class EtcdBackend(Backend):
             raise ClientClosedError("the etcd backend is not open")
         self._tg.start_soon(func)
 
+    def native_turn(self, name: str) -> anyio.Semaphore:
+        """The FIFO turn of this client's contenders for native lock/election ``name``
+        (etcd's layout allows one key per lease)."""
+        return self._turns.setdefault(name, anyio.Semaphore(1, fast_acquire=False))
+
     async def kv_txn(self, request: Any, *, idempotent: bool = False) -> Any:
         return await self.channel.call(self.channel.kv.Txn, request, idempotent=idempotent)
 
@@ -184,11 +190,14 @@ class EtcdBackend(Backend):
 
     async def _renew_session(self, old: Session) -> None:
         """Mark ``old`` lost and open a fresh lease (once, however many callers)."""
-        async with self._session_lock:
-            if self._session is not old:
-                return
-            old.mark_lost()
-            self._session = await self._grant()
+        # Shielded: marking the old session lost wakes its holders, which may
+        # cancel the very task that runs this; the client needs the new lease.
+        with anyio.CancelScope(shield=True):
+            async with self._session_lock:
+                if self._session is not old:
+                    return
+                old.mark_lost()
+                self._session = await self._grant()
 
     async def _keepalive_loop(self) -> None:
         while True:

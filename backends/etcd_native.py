@@ -1,1 +1,400 @@
-NATIVE_RECIPES: dict[str, type] = {}
+"""Lock and Election laid out as etcd's own ``concurrency`` package lays them out.
+
+So ``etcdctl lock NAME`` / ``etcdctl elect NAME`` and coordkit clients exclude
+and follow each other. For a coordkit path the etcd NAME is the URL's key
+prefix followed by the path (:meth:`KeyLayout.native_name`); a contender's key
+is ``NAME/<its lease id in hex>``, attached to that lease, and contenders are
+ordered by create revision: each waits until no key with a lower create
+revision remains (etcd's ``waitDeletes``), watching the next-lower one.
+
+One key per lease means one contender per session: instances on the same
+client take turns through a local FIFO semaphore first, then queue in etcd.
+These classes import only coordkit and the etcd backend (never coordkit.recipes)
+and offer the same public interface as the generic recipes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+import anyio
+import grpc
+from aetcd import rpc
+
+from coordkit import Client, CoordkitError, LockLostError, SessionExpiredError, WrongTypeError
+from coordkit.backend import Session
+from coordkit.paths import check_path
+
+from . import etcd_ops as ops
+from .etcd_keys import prefix_end
+
+if TYPE_CHECKING:
+    from .etcd_backend import EtcdBackend
+
+__all__ = ["NATIVE_RECIPES", "EtcdElection", "EtcdLock"]
+
+_NOPUT = rpc.WatchCreateRequest.FilterType.NOPUT
+
+
+class _Contender:
+    """A key ``NAME/<lease hex>`` queued by create revision (shared by Lock and Election)."""
+
+    def __init__(self, client: Client, path: str) -> None:
+        if not isinstance(client, Client):
+            raise WrongTypeError(f"client must be a coordkit.Client, not {type(client).__name__}")
+        check_path(path)
+        self.client = client
+        self.path = path
+        self.backend: EtcdBackend = client.backend  # type: ignore[assignment]
+        self.name = self.backend.layout.native_name(path)
+        self.prefix = (self.name + "/").encode()
+        self._key: bytes | None = None
+        self._token: int | None = None
+        self._session: Session | None = None
+        self._lost = False
+        self._turn: anyio.Semaphore | None = None
+
+    @property
+    def token(self) -> int | None:
+        """While held: our key's create revision (strictly increases from holder to holder)."""
+        return self._token if self._key is not None else None
+
+    @property
+    def lost(self) -> bool:
+        if self._key is not None and self._session is not None:
+            return self._session.lost
+        return self._lost
+
+    async def wait_lost(self) -> None:
+        if self._session is None or self._key is None:
+            raise RuntimeError(f"{type(self).__name__} on {self.path} is not held")
+        await self._session.wait_lost()
+
+    async def _queue(self, value: bytes, blocking: bool) -> bool:
+        """Put our key and wait until it is first; on False/errors the caller cleans up."""
+        session = self.backend.session
+        if session.lost:
+            raise SessionExpiredError("the session has ended")
+        key = self.prefix + f"{session.id:x}".encode()
+        self._session, self._key = session, key
+        put = ops.put_op(key, value, lease=session.id)
+        reply = await self.backend.kv_txn(
+            ops.txn_request(
+                [ops.compare(key, ops.CREATE, ops.EQUAL, 0)], [put], [ops.range_op(key)]
+            )
+        )
+        if reply.succeeded:
+            mine = int(reply.header.revision)
+        else:
+            mine = int(ops.kvs(reply.responses[0])[0].create_revision)
+            await self.backend.kv_txn(ops.txn_request([], [put], []))  # proclaim our value
+        while True:
+            ahead = await self.backend.read(
+                ops.range_op(
+                    self.prefix,
+                    prefix_end(self.prefix),
+                    limit=1,
+                    sort_create=rpc.RangeRequest.DESCEND,
+                    max_create_revision=mine - 1,
+                ),
+                ops.range_op(key, count_only=True),
+            )
+            if ops.count(ahead.responses[1]) == 0:
+                raise LockLostError(f"our key on {self.name} was deleted while queueing")
+            found = ops.kvs(ahead.responses[0])
+            if not found:
+                self._token = mine
+                return True
+            if not blocking:
+                return False
+            await self._wait_deleted(found[0].key, int(ahead.header.revision), session)
+
+    async def _wait_deleted(self, key: bytes, revision: int, session: Session) -> None:
+        """Return once ``key`` is deleted after ``revision``; raise if our session ends."""
+        channel = self.backend.channel
+        call = channel.watch.Watch(wait_for_ready=True)
+        create = rpc.WatchCreateRequest(key=key, start_revision=revision + 1, filters=[_NOPUT])
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def on_loss() -> None:
+                    await session.wait_lost()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(on_loss)
+                await call.write(rpc.WatchRequest(create_request=create))
+                while True:
+                    reply = await call.read()
+                    if reply is grpc.aio.EOF or reply.events or reply.canceled:
+                        break  # deleted, or the stream ended: read the queue again
+                tg.cancel_scope.cancel()
+        finally:
+            call.cancel()
+            with anyio.CancelScope(shield=True), suppress(Exception):
+                await call.code()
+        if session.lost:
+            raise SessionExpiredError("the session ended while waiting")
+
+    async def _drop_key(self) -> None:
+        """Delete our key (shielded; if etcd is unreachable the lease takes it)."""
+        key, self._key, self._token = self._key, None, None
+        if key is None:
+            return
+        with anyio.CancelScope(shield=True), suppress(CoordkitError):
+            await self.backend.kv_txn(ops.txn_request([], [ops.delete_op(key)], []))
+
+    async def _contender_values(self) -> list[str]:
+        reply = await self.backend.read(
+            ops.range_op(self.prefix, prefix_end(self.prefix), sort_create=rpc.RangeRequest.ASCEND)
+        )
+        out = []
+        for kv in ops.kvs(reply.responses[0]):
+            value = kv.value.decode("utf-8", "replace")
+            out.append(value or kv.key[len(self.prefix) :].decode())  # etcdctl lock: no value
+        return out
+
+    async def _enter_turn(self, blocking: bool) -> bool:
+        self._turn = self.backend.native_turn(self.name)
+        if not blocking:
+            try:
+                self._turn.acquire_nowait()
+            except anyio.WouldBlock:
+                return False
+            return True
+        await self._turn.acquire()
+        return True
+
+    def _leave_turn(self) -> None:
+        turn, self._turn = self._turn, None
+        if turn is not None:
+            turn.release()
+
+    @asynccontextmanager
+    async def _held_body(self, what: str) -> AsyncIterator[None]:
+        """Run the body, cancelled if the session ends; then LockLostError."""
+        session = self._session
+        assert session is not None
+        body_error: Exception | None = None
+        async with anyio.create_task_group() as tg:
+
+            async def cancel_on_loss() -> None:
+                await session.wait_lost()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(cancel_on_loss)
+            try:
+                yield
+            except Exception as exc:
+                body_error = exc
+            tg.cancel_scope.cancel()
+        if body_error is not None:
+            raise body_error
+        if session.lost:
+            raise LockLostError(f"{what} on {self.path} lost: the session ended")
+
+
+class EtcdLock(_Contender):
+    """A mutex interoperable with ``etcdctl lock NAME`` (etcd's ``concurrency.Mutex``).
+
+    Same interface and guarantees as :class:`coordkit.recipes.Lock`; the key's
+    value is the identifier (``etcdctl`` writes an empty one).
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        path: str,
+        identifier: str | None = None,
+        *,
+        reentrant: bool = False,
+    ) -> None:
+        super().__init__(client, path)
+        if identifier is not None and not isinstance(identifier, str):
+            raise WrongTypeError(f"identifier must be str, not {type(identifier).__name__}")
+        self.identifier = identifier or ""
+        self.reentrant = reentrant
+        self._count = 0
+        self._acquiring = False
+        self._holds: list[Any] = []
+
+    @property
+    def is_held(self) -> bool:
+        return self._key is not None and self._session is not None and not self._session.lost
+
+    async def contenders(self) -> list[str]:
+        """Identifiers of the queued contenders, holder first (lease hex for etcdctl's)."""
+        return await self._contender_values()
+
+    async def acquire(self, timeout: float | None = None, blocking: bool = True) -> bool:
+        if self._key is not None:
+            if not self.reentrant:
+                raise RuntimeError(
+                    f"EtcdLock on {self.path} is already held by this object "
+                    "(pass reentrant=True to count nested acquisitions)"
+                )
+            self._count += 1
+            return True
+        if self._acquiring:
+            raise RuntimeError(f"EtcdLock on {self.path} is already being acquired")
+        self._acquiring, self._lost = True, False
+        acquired = False
+        try:
+            with anyio.move_on_after(timeout):
+                if await self._enter_turn(blocking):
+                    acquired = await self._queue(self.identifier.encode(), blocking)
+        finally:
+            self._acquiring = False
+            if not acquired:
+                await self._drop_key()
+                self._session = None
+                self._leave_turn()
+        if acquired:
+            self._count = 1
+        return acquired
+
+    async def release(self) -> None:
+        if self._key is None:
+            raise RuntimeError(f"EtcdLock on {self.path} is not held")
+        self._count -= 1
+        if self._count > 0:
+            return
+        self._lost = self._session is not None and self._session.lost
+        self._session = None
+        await self._drop_key()
+        self._leave_turn()
+
+    async def __aenter__(self) -> Self:
+        hold = self._hold()
+        await hold.__aenter__()
+        self._holds.append(hold)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        result: bool | None = await self._holds.pop().__aexit__(exc_type, exc, tb)
+        return result
+
+    @asynccontextmanager
+    async def _hold(self) -> AsyncIterator[None]:
+        await self.acquire()
+        try:
+            async with self._held_body("EtcdLock"):
+                yield
+        finally:
+            await self.release()
+
+    def __repr__(self) -> str:
+        state = "held" if self.is_held else "lost" if self.lost else "free"
+        return f"EtcdLock({self.name!r}, identifier={self.identifier!r}, {state})"
+
+
+class EtcdElection(_Contender):
+    """Leader election interoperable with ``etcdctl elect NAME [PROPOSAL]``.
+
+    The leader is the contender with the lowest create revision; its key's
+    value is its identity (etcdctl's proposal).
+    """
+
+    def __init__(self, client: Client, path: str, identity: str) -> None:
+        super().__init__(client, path)
+        if not isinstance(identity, str):
+            raise WrongTypeError(f"identity must be str, not {type(identity).__name__}")
+        self.identity = identity
+        self._holds: list[Any] = []
+
+    @property
+    def is_leader(self) -> bool:
+        return self._key is not None and self._session is not None and not self._session.lost
+
+    async def campaign(self) -> None:
+        """Block until this candidate leads. Cancellation withdraws the candidacy."""
+        if self._key is not None:
+            raise RuntimeError(f"EtcdElection on {self.path} is already campaigning or leading")
+        self._lost = False
+        won = False
+        try:
+            await self._enter_turn(True)
+            won = await self._queue(self.identity.encode(), True)
+        finally:
+            if not won:
+                await self._drop_key()
+                self._session = None
+                self._leave_turn()
+
+    async def resign(self) -> None:
+        """Give up leadership (a no-op if not leading)."""
+        if self._key is None:
+            return
+        self._lost = self._session is not None and self._session.lost
+        self._session = None
+        await self._drop_key()
+        self._leave_turn()
+
+    async def leader(self) -> str | None:
+        """The current leader's identity, or None when nobody leads."""
+        reply = await self.backend.read(
+            ops.range_op(
+                self.prefix,
+                prefix_end(self.prefix),
+                limit=1,
+                sort_create=rpc.RangeRequest.ASCEND,
+            )
+        )
+        found = ops.kvs(reply.responses[0])
+        return found[0].value.decode("utf-8", "replace") if found else None
+
+    async def observe(self) -> AsyncIterator[str | None]:
+        """The leader's identity now, then each time it changes (None: no leader)."""
+        channel = self.backend.channel
+        call = channel.watch.Watch(wait_for_ready=True)
+        end = prefix_end(self.prefix)
+        try:
+            create = rpc.WatchCreateRequest(key=self.prefix, range_end=end)
+            await call.write(rpc.WatchRequest(create_request=create))
+            await call.read()  # created: changes from here on are seen
+            last: str | object | None = object()
+            while True:
+                current = await self.leader()
+                if current != last:
+                    last = current
+                    yield current
+                if await call.read() is grpc.aio.EOF:
+                    raise CoordkitError("the etcd watch of the election ended")
+        finally:
+            call.cancel()
+            with anyio.CancelScope(shield=True), suppress(Exception):
+                await call.code()
+
+    async def __aenter__(self) -> Self:
+        hold = self._hold()
+        await hold.__aenter__()
+        self._holds.append(hold)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        result: bool | None = await self._holds.pop().__aexit__(exc_type, exc, tb)
+        return result
+
+    @asynccontextmanager
+    async def _hold(self) -> AsyncIterator[None]:
+        await self.campaign()
+        try:
+            async with self._held_body("EtcdElection"):
+                yield
+        finally:
+            await self.resign()
+
+
+NATIVE_RECIPES: dict[str, type[Any]] = {"Lock": EtcdLock, "Election": EtcdElection}
