@@ -16,6 +16,7 @@ from coordkit import (
     NodeExistsError,
     NoNodeError,
     Session,
+    SessionExpiredError,
 )
 from coordkit.paths import check_path, join
 
@@ -72,8 +73,25 @@ class Group:
         return self.session is not None and not self.session.lost
 
     async def join(self) -> None:
-        """Add this member (ephemeral node with :attr:`data`); idempotent for this session."""
-        session = self.client.session
+        """Add this member (ephemeral node with :attr:`data`); idempotent for this session.
+
+        Joins under the client's current session; if that session ends during
+        the call, joins under the next one (for up to the client's operation
+        timeout, then :class:`TimeoutError`).
+        """
+        with anyio.fail_after(self.client.options.timeout):
+            while True:
+                session = self.client.session
+                try:
+                    await self._create(session)
+                except SessionExpiredError:
+                    # The session ended under us; the backend is opening a new one.
+                    await anyio.sleep(0.05)
+                    continue
+                self.session = session
+                return
+
+    async def _create(self, session: Session) -> None:
         try:
             await self.client.create(self._node, self.data, ephemeral=True, make_parents=True)
         except NodeExistsError:
@@ -82,7 +100,6 @@ class Group:
                 raise NodeExistsError(
                     f"member {self.member_id!r} of {self.path} is held by another session"
                 ) from None
-        self.session = session
 
     async def leave(self) -> None:
         """Remove this member; a no-op if it is not in the group (any more).

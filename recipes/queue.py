@@ -19,6 +19,8 @@ version then identifies that one claim, so an ``ack`` after the claim was lost
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar, cast, overload
 
@@ -30,11 +32,13 @@ from coordkit import (
     Compare,
     CreateOp,
     DeleteOp,
+    Event,
     InvalidArgumentError,
     LockLostError,
     Node,
     NoNodeError,
     Session,
+    SessionExpiredError,
     SetOp,
     WrongTypeError,
 )
@@ -101,12 +105,18 @@ class QueueItem:
         if self._done:
             return
         item, claim = self.queue._item_path(self.name), self.queue._claim_path(self.name)
-        result = await self.queue.client.txn(
-            [Compare.version(item, "==", self._version), Compare.exists(claim)],
-            [DeleteOp(claim), DeleteOp(item)],
-        )
+        lost = LockLostError(f"the claim on {item} was lost; the item will be redelivered")
+        if self.session.lost:
+            raise lost
+        try:
+            result = await self.queue.client.txn(
+                [Compare.version(item, "==", self._version), Compare.exists(claim)],
+                [DeleteOp(claim), DeleteOp(item)],
+            )
+        except SessionExpiredError as exc:
+            raise lost from exc
         if not result.succeeded:
-            raise LockLostError(f"the claim on {item} was lost; the item will be redelivered")
+            raise lost
         self._done = True
 
     async def nack(self) -> None:
@@ -116,12 +126,15 @@ class QueueItem:
         """
         if self._done:
             return
-        item, claim = self.queue._item_path(self.name), self.queue._claim_path(self.name)
-        await self.queue.client.txn(
-            [Compare.version(item, "==", self._version), Compare.exists(claim)],
-            [DeleteOp(claim)],
-        )
         self._done = True
+        if self.session.lost:
+            return
+        item, claim = self.queue._item_path(self.name), self.queue._claim_path(self.name)
+        with suppress(SessionExpiredError):
+            await self.queue.client.txn(
+                [Compare.version(item, "==", self._version), Compare.exists(claim)],
+                [DeleteOp(claim)],
+            )
 
 
 T = TypeVar("T", bound="bytes | QueueItem")
@@ -198,7 +211,7 @@ class Queue(Generic[T]):
 
     async def size(self) -> int:
         """How many items are waiting to be taken (items claimed in ack mode not counted)."""
-        return len(await self._available())
+        return len(await self._available(consistent=True))
 
     async def get(self, timeout: float | None = None) -> T:
         """Take the first available item, waiting until there is one.
@@ -210,39 +223,53 @@ class Queue(Generic[T]):
         mode) or redelivered once the session ends (ack mode).
         """
         with anyio.fail_after(timeout):
+            # Fast path: a possibly stale listing costs at most a wasted try.
+            taken = await self._try_take(consistent=False)
+            if taken is not None:
+                return taken
+            # The watch is in place before we look again, so an item put (or a
+            # claim dropped) after this consistent listing wakes us.
             while True:
-                taken = await self._try_take()
+                async with self.client.watch(self.path, recursive=True) as events:
+                    taken = await self._try_take(consistent=True)
+                    while taken is None and await self._next_change(events):
+                        taken = await self._try_take(consistent=True)
                 if taken is not None:
                     return taken
-                # The watch is in place before we look again, so an item put
-                # (or a claim dropped) after this point wakes us.
-                async with self.client.watch(self.path, recursive=True) as events:
-                    taken = await self._try_take()
-                    if taken is not None:
-                        return taken
-                    async for event in events:
-                        if event.path.startswith(self._items + "/") or (
-                            self.ack and event.path.startswith(self._claims + "/")
-                        ):
-                            break
+                # The watch ended without an item: open a new one and look again.
 
-    async def _available(self) -> list[str]:
+    async def _next_change(self, events: AsyncIterator[Event]) -> bool:
+        """Wait for a change that may free an item; False if the watch ended."""
+        async for event in events:
+            if event.path.startswith(self._items + "/") or (
+                self.ack and event.path.startswith(self._claims + "/")
+            ):
+                return True
+        return False
+
+    async def _available(self, *, consistent: bool = True) -> list[str]:
+        """Names of the items nobody holds a claim on, in queue order."""
         try:
-            names = [n for n in await self.client.children(self._items) if _is_item(n)]
+            names = await self.client.children(self._items, consistent=consistent)
         except NoNodeError:
             return []
-        if not names:
-            return names
+        names = [n for n in names if _is_item(n)]
+        if not names or not self.ack:
+            return sorted(names)  # no-ack takes check claims item by item (rare)
         try:
-            claimed = set(await self.client.children(self._claims))
+            claimed = set(await self.client.children(self._claims, consistent=consistent))
         except NoNodeError:
             claimed = set()
         return sorted(n for n in names if n not in claimed)
 
-    async def _try_take(self) -> T | None:
-        """Try the available items in order; None if each was gone or taken by others."""
-        for name in await self._available():
-            node = await self.client.get(self._item_path(name))
+    async def _try_take(self, *, consistent: bool) -> T | None:
+        """Try the available items in order; None if each was gone or taken by others.
+
+        Stale reads are safe here: every take is a compare-and-swap on the
+        item's version, so a stale node only makes the take fail.
+        """
+        for name in await self._available(consistent=consistent):
+            node = await self.client.get(self._item_path(name), consistent=False)
             if node is None:
                 continue  # another consumer took it
             taken = await (self._claim(name, node) if self.ack else self._remove(name, node))
@@ -251,6 +278,9 @@ class Queue(Generic[T]):
         return None
 
     async def _remove(self, name: str, node: Node) -> bytes | None:
+        # Only a claim changes an item's version: a claimed item is not ours.
+        if node.version > 0 and await self.client.exists(self._claim_path(name)):
+            return None
         try:
             # The version check lets a concurrent ack-mode claim win over us.
             await self.client.delete(self._item_path(name), version=node.version)
