@@ -286,19 +286,23 @@ class Cluster:
         return best[1] if best else None
 
     def stable_leader(self) -> str | None:
-        """A leader that every live node it can reach (both ways) follows in its term."""
+        """A leader in touch with a majority of its voters, followed in its term by every
+        live member it can reach both ways."""
         lid = self.leader()
         if lid is None:
             return None
         lcore = self.nodes[lid].core
         assert lcore is not None
+        in_touch = 0
         for n in self.nodes.values():
-            if n.core is None or n.id == lid or n.id not in lcore.conf.members():
+            if n.core is None or n.id not in lcore.conf.members():
                 continue
-            reachable = self.net.can_reach(lid, n.id) and self.net.can_reach(n.id, lid)
-            if reachable and (n.core.term != lcore.term or n.core.leader != lid):
+            if not (self.net.can_reach(lid, n.id) and self.net.can_reach(n.id, lid)):
+                continue
+            if n.core.term != lcore.term or n.core.leader != lid:
                 return None
-        return lid
+            in_touch += n.id in lcore.conf.voters
+        return lid if in_touch > len(lcore.conf.voters) // 2 else None
 
     def n_committed(self, index: int) -> tuple[int, bytes | None]:
         """How many nodes applied ``index``, and its data (they must agree)."""

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from coordkit.backends.raft.messages import Message
+from coordkit.backends.raft.messages import Message, MessageType
 
 
 @dataclass(slots=True)
@@ -49,6 +49,7 @@ class Network:
         self.sent: Counter[str] = Counter()  # by message type, every send attempt
         self.bytes_sent = 0
         self.delivered = 0
+        self.rejected_appends = 0  # APP_RESP with reject set: backtracking steps
 
     # -- partitions ------------------------------------------------------------------
 
@@ -90,6 +91,8 @@ class Network:
         """Delivery delays (ms) for one message: empty if lost, two if duplicated."""
         self.sent[m.type.value] += 1
         self.bytes_sent += m.size
+        if m.reject and m.type is MessageType.APP_RESP:
+            self.rejected_appends += 1
         if (m.frm, m.to) in self.blocked:
             return []
         c = self.config

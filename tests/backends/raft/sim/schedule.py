@@ -112,7 +112,25 @@ def run_schedule(seed: int, duration_ms: int = 900) -> ScheduleResult:
             cluster.try_conf_change(change, victim)
         cluster.call_at(cluster.now + rng.randint(30, 200), inject)
 
+    def churn() -> None:
+        # Figure 8 pressure (MIT 6.5840 TestFigure8*): leaders die or vanish
+        # soon after they are elected, often with entries half replicated.
+        if not injecting:
+            return
+        lid = cluster.leader()
+        if lid is not None and rng.random() < 0.7:
+            target = lid
+            if rng.random() < 0.5:
+                cluster.crash(target)
+                cluster.call_at(cluster.now + rng.randint(0, 150), lambda: cluster.restart(target))
+            else:
+                cluster.disconnect(target)
+                cluster.call_at(cluster.now + rng.randint(10, 200), lambda: cluster.connect(target))
+        cluster.call_at(cluster.now + rng.choice([rng.randint(5, 30), rng.randint(30, 150)]), churn)
+
     cluster.call_at(rng.randint(50, 150), inject)
+    if rng.random() < 0.35:
+        cluster.call_at(rng.randint(50, 150), churn)
     cluster.start_clients(3, duration_ms)
     cluster.run_for(duration_ms)
 
