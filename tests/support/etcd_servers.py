@@ -77,7 +77,7 @@ class EtcdMember:
             "--initial-advertise-peer-urls", self.peer_url,
             "--initial-cluster", self.initial_cluster or f"{self.name}={self.peer_url}",
             "--initial-cluster-state", "existing" if self.started_once else "new",
-            "--initial-cluster-token", f"coordkit-{self.data_dir.name}",
+            "--initial-cluster-token", f"coordkit-{self.data_dir.parent.name}",
             # Fast elections keep the failover test short; loopback has no jitter.
             "--heartbeat-interval", "50",
             "--election-timeout", "500",
