@@ -13,12 +13,12 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from coordkit.recipes.base import list_contenders, wait_until
+from coordkit.recipes.base import SequentialLock, wait_until
 from coordkit.recipes.lock import Lock
 
 import coordkit
 from coordkit import Capability, Client, ConnectionLostError, LockLostError, SessionExpiredError
-from coordkit.plugins import get_plugin_manager
+from coordkit.plugins import get_plugin_manager, native_recipe
 
 pytestmark = pytest.mark.anyio
 
@@ -34,17 +34,43 @@ async def clients(url: str, count: int, **options: Any) -> AsyncIterator[list[Cl
         ]
 
 
-async def wait_queue_length(client: Client, path: str, length: int) -> None:
-    """Wait (by watching, not polling) until ``length`` contenders are queued on ``path``."""
+class GenericLock(Lock):
+    """The recipe's own Lock, even where the backend supplies a native one."""
+
+
+@pytest.fixture(params=["Lock", "generic"])
+def lock_class(request: pytest.FixtureRequest, backend_url: str) -> type[Lock]:
+    """``Lock`` as users get it (native where a backend supplies one) and the generic one."""
+    if request.param == "Lock":
+        return Lock
+    if native_recipe(coordkit.connect(backend_url).backend, "Lock") is None:
+        pytest.skip("this backend has no native Lock: Lock is the generic recipe")
+    return GenericLock
+
+
+async def wait_queue_length(
+    client: Client, path: str, length: int, lock_class: type[Lock] = GenericLock
+) -> None:
+    """Wait until ``length`` contenders are queued on ``path``.
+
+    The generic layout is watched; a native layout is invisible to the Client
+    API, so its queue is polled through ``contenders()``.
+    """
 
     async def reached() -> bool:
-        return len(await list_contenders(client, path, Lock.markers)) >= length
+        return len(await lock_class(client, path).contenders()) >= length
 
     with anyio.fail_after(10):
-        await wait_until(client, path, reached, recursive=True)
+        if isinstance(lock_class(client, path), SequentialLock):
+            await wait_until(client, path, reached, recursive=True)
+        else:
+            while not await reached():  # noqa: ASYNC110 - nothing to watch through the Client
+                await anyio.sleep(0.01)
 
 
-async def test_holders_never_overlap_and_tokens_increase(backend_url: str) -> None:
+async def test_holders_never_overlap_and_tokens_increase(
+    backend_url: str, lock_class: type[Lock]
+) -> None:
     tasks, rounds = 20, 30
     log: list[tuple[str, int]] = []
     tokens: list[int] = []
@@ -52,7 +78,7 @@ async def test_holders_never_overlap_and_tokens_increase(backend_url: str) -> No
 
         async def contend(i: int) -> None:
             for _ in range(rounds):
-                async with Lock(conns[i], PATH, f"task-{i}") as lock:
+                async with lock_class(conns[i], PATH, f"task-{i}") as lock:
                     log.append(("enter", i))
                     assert lock.token is not None
                     tokens.append(lock.token)
@@ -63,7 +89,7 @@ async def test_holders_never_overlap_and_tokens_increase(backend_url: str) -> No
             async with anyio.create_task_group() as tg:
                 for i in range(tasks):
                     tg.start_soon(contend, i)
-        assert await conns[0].children(PATH) == []
+        assert await lock_class(conns[0], PATH).contenders() == []
 
     assert len(log) == 2 * tasks * rounds
     for enter, exit_ in zip(log[::2], log[1::2], strict=True):
@@ -71,16 +97,18 @@ async def test_holders_never_overlap_and_tokens_increase(backend_url: str) -> No
     assert all(a < b for a, b in itertools.pairwise(tokens)), "tokens must increase"
 
 
-async def test_waiters_acquire_in_the_order_they_queued(backend_url: str) -> None:
+async def test_waiters_acquire_in_the_order_they_queued(
+    backend_url: str, lock_class: type[Lock]
+) -> None:
     waiters = 8
     order: list[int] = []
     tokens: list[int] = []
     async with clients(backend_url, waiters + 1) as conns:
-        holder = Lock(conns[0], PATH, "holder")
+        holder = lock_class(conns[0], PATH, "holder")
         assert await holder.acquire()
 
         async def wait_turn(i: int) -> None:
-            async with Lock(conns[i + 1], PATH, f"w{i}") as lock:
+            async with lock_class(conns[i + 1], PATH, f"w{i}") as lock:
                 order.append(i)
                 assert lock.token is not None
                 tokens.append(lock.token)
@@ -89,7 +117,7 @@ async def test_waiters_acquire_in_the_order_they_queued(backend_url: str) -> Non
             async with anyio.create_task_group() as tg:
                 for i in range(waiters):
                     tg.start_soon(wait_turn, i)
-                    await wait_queue_length(conns[0], PATH, i + 2)
+                    await wait_queue_length(conns[0], PATH, i + 2, lock_class)
                 assert await holder.contenders() == ["holder"] + [f"w{i}" for i in range(waiters)]
                 first_token = holder.token
                 await holder.release()
@@ -121,14 +149,14 @@ def count_reads(client: Client) -> tuple[Counter[str], anyio.Event]:
 
 async def test_waiter_watches_only_its_predecessor(backend_url: str) -> None:
     async with clients(backend_url, 4) as conns:
-        holder = Lock(conns[0], PATH, "h")
+        holder = GenericLock(conns[0], PATH, "h")
         assert await holder.acquire()
         counters = [count_reads(c) for c in conns[1:]]
         acquired = [anyio.Event() for _ in counters]
         may_release = [anyio.Event() for _ in counters]
 
         async def wait_turn(i: int) -> None:
-            async with Lock(conns[i + 1], PATH, f"w{i}"):
+            async with GenericLock(conns[i + 1], PATH, f"w{i}"):
                 acquired[i].set()
                 await may_release[i].wait()
 
@@ -150,7 +178,9 @@ async def test_waiter_watches_only_its_predecessor(backend_url: str) -> None:
                 may_release[2].set()
 
 
-async def test_expired_session_cancels_the_body_and_raises_lock_lost(backend_url: str) -> None:
+async def test_expired_session_cancels_the_body_and_raises_lock_lost(
+    backend_url: str, lock_class: type[Lock]
+) -> None:
     async with clients(backend_url, 2) as (h, w):
         if Capability.EXPIRE_SESSION not in h.capabilities:
             pytest.skip("the backend cannot expire a session on demand")
@@ -160,7 +190,7 @@ async def test_expired_session_cancels_the_body_and_raises_lock_lost(backend_url
 
         async def hold() -> None:
             nonlocal body_cancelled
-            lock = Lock(h, PATH, "holder")
+            lock = lock_class(h, PATH, "holder")
             with pytest.raises(LockLostError):
                 async with lock:
                     lost_token.append(lock.token)
@@ -176,9 +206,9 @@ async def test_expired_session_cancels_the_body_and_raises_lock_lost(backend_url
             async with anyio.create_task_group() as tg:
                 tg.start_soon(hold)
                 await entered.wait()
-                waiter = Lock(w, PATH, "waiter")
+                waiter = lock_class(w, PATH, "waiter")
                 tg.start_soon(waiter.acquire)
-                await wait_queue_length(w, PATH, 2)
+                await wait_queue_length(w, PATH, 2, lock_class)
                 await h.expire_session()
             assert waiter.is_held
         assert body_cancelled
@@ -187,11 +217,13 @@ async def test_expired_session_cancels_the_body_and_raises_lock_lost(backend_url
         assert await waiter.contenders() == ["waiter"]
 
 
-async def test_lost_session_is_reported_outside_async_with(backend_url: str) -> None:
+async def test_lost_session_is_reported_outside_async_with(
+    backend_url: str, lock_class: type[Lock]
+) -> None:
     async with clients(backend_url, 1) as (h,):
         if Capability.EXPIRE_SESSION not in h.capabilities:
             pytest.skip("the backend cannot expire a session on demand")
-        lock = Lock(h, PATH)
+        lock = lock_class(h, PATH)
         assert await lock.acquire()
         assert lock.is_held and not lock.lost
         await h.expire_session()
@@ -205,7 +237,9 @@ async def test_lost_session_is_reported_outside_async_with(backend_url: str) -> 
         await lock.release()
 
 
-async def test_vanished_holder_is_replaced_after_the_session_ttl(backend_url: str) -> None:
+async def test_vanished_holder_is_replaced_after_the_session_ttl(
+    backend_url: str, lock_class: type[Lock]
+) -> None:
     ttl = 1.5
     async with (
         coordkit.connect(backend_url, session_ttl=ttl) as h,
@@ -213,8 +247,8 @@ async def test_vanished_holder_is_replaced_after_the_session_ttl(backend_url: st
     ):
         if Capability.ABORT not in h.capabilities:
             pytest.skip("the backend cannot make a client vanish")
-        assert await Lock(h, PATH, "vanishing").acquire()
-        waiter = Lock(w, PATH, "waiter")
+        assert await lock_class(h, PATH, "vanishing").acquire()
+        waiter = lock_class(w, PATH, "waiter")
         await h.abort()
         started = anyio.current_time()
         with anyio.fail_after(ttl + 15):
@@ -225,13 +259,15 @@ async def test_vanished_holder_is_replaced_after_the_session_ttl(backend_url: st
         await waiter.release()
 
 
-async def test_session_lost_while_waiting_raises_and_leaves_no_node(backend_url: str) -> None:
+async def test_session_lost_while_waiting_raises_and_leaves_no_node(
+    backend_url: str, lock_class: type[Lock]
+) -> None:
     async with clients(backend_url, 2) as (h, w):
         if Capability.EXPIRE_SESSION not in w.capabilities:
             pytest.skip("the backend cannot expire a session on demand")
-        holder = Lock(h, PATH, "holder")
+        holder = lock_class(h, PATH, "holder")
         assert await holder.acquire()
-        waiter = Lock(w, PATH, "waiter")
+        waiter = lock_class(w, PATH, "waiter")
         with anyio.fail_after(20):
             async with anyio.create_task_group() as tg:
 
@@ -240,24 +276,32 @@ async def test_session_lost_while_waiting_raises_and_leaves_no_node(backend_url:
                         await waiter.acquire()
 
                 tg.start_soon(wait)
-                await wait_queue_length(h, PATH, 2)
+                await wait_queue_length(h, PATH, 2, lock_class)
                 await w.expire_session()
         assert await holder.contenders() == ["holder"]
         await holder.release()
 
 
-async def test_cancelled_acquires_leave_no_orphan_node(backend_url: str) -> None:
+async def test_cancelled_acquires_leave_no_orphan_node(
+    backend_url: str, lock_class: type[Lock]
+) -> None:
     seed = 20240607
     rng = random.Random(seed)
     tasks, rounds = 16, 12
     holders = 0
     outcomes: Counter[str] = Counter()
     async with clients(backend_url, 4) as conns:
+        # Scale the random deadlines to this backend's speed: an uncontended
+        # acquire + release takes ``base`` seconds.
+        started = anyio.current_time()
+        async with lock_class(conns[0], PATH):
+            pass
+        base = max(anyio.current_time() - started, 0.001)
 
         async def contend(i: int, delays: list[float]) -> None:
             nonlocal holders
             for delay in delays:
-                lock = Lock(conns[i % len(conns)], PATH, f"t{i}")
+                lock = lock_class(conns[i % len(conns)], PATH, f"t{i}")
                 entered = False
                 with anyio.move_on_after(delay):
                     async with lock:
@@ -274,10 +318,10 @@ async def test_cancelled_acquires_leave_no_orphan_node(backend_url: str) -> None
         with anyio.fail_after(60):
             async with anyio.create_task_group() as tg:
                 for i in range(tasks):
-                    tg.start_soon(contend, i, [rng.uniform(0, 0.03) for _ in range(rounds)])
-        assert await conns[0].children(PATH) == [], f"orphan nodes (seed {seed})"
-    # Both outcomes happened many times, so cancellation hit waiting acquires.
-    assert outcomes["cancelled"] > tasks and outcomes["held"] > tasks, outcomes
+                    tg.start_soon(contend, i, [rng.uniform(0, 8 * base) for _ in range(rounds)])
+        assert await lock_class(conns[0], PATH).contenders() == [], f"orphan nodes (seed {seed})"
+    # Both outcomes happened, cancellation many times: it hit waiting acquires.
+    assert outcomes["cancelled"] > tasks and outcomes["held"] > 0, outcomes
 
 
 async def test_unknown_create_outcome_is_cleaned_up_by_prefix(backend_url: str) -> None:
@@ -290,15 +334,17 @@ async def test_unknown_create_outcome_is_cleaned_up_by_prefix(backend_url: str) 
 
         client.create = create_then_fail  # type: ignore[method-assign]
         with pytest.raises(ConnectionLostError):
-            await Lock(client, PATH).acquire()
+            await GenericLock(client, PATH).acquire()
         assert await client.children(PATH) == []
 
 
-async def test_acquire_times_out_and_leaves_no_node(backend_url: str) -> None:
+async def test_acquire_times_out_and_leaves_no_node(
+    backend_url: str, lock_class: type[Lock]
+) -> None:
     async with clients(backend_url, 2) as (h, w):
-        holder = Lock(h, PATH, "holder")
+        holder = lock_class(h, PATH, "holder")
         assert await holder.acquire()
-        waiter = Lock(w, PATH, "waiter")
+        waiter = lock_class(w, PATH, "waiter")
         with anyio.fail_after(10):
             assert await waiter.acquire(timeout=0.2) is False
         assert await waiter.acquire(blocking=False) is False
@@ -307,30 +353,33 @@ async def test_acquire_times_out_and_leaves_no_node(backend_url: str) -> None:
         await holder.release()
         assert await waiter.acquire(blocking=False) is True
         await waiter.release()
-        assert await h.children(PATH) == []
+        assert await lock_class(h, PATH).contenders() == []
 
 
-async def test_reentrancy_is_explicit(backend_url: str) -> None:
+async def test_reentrancy_is_explicit(backend_url: str, lock_class: type[Lock]) -> None:
     async with clients(backend_url, 1) as (client,):
-        plain = Lock(client, PATH)
+        plain = lock_class(client, PATH)
         async with plain:
             with pytest.raises(RuntimeError, match="reentrant=True"):
                 await plain.acquire()
-        reentrant = Lock(client, PATH, reentrant=True)
+        reentrant = lock_class(client, PATH, reentrant=True)
         async with reentrant:
             token = reentrant.token
             async with reentrant:
                 assert reentrant.token == token
             assert reentrant.is_held  # one level left
-            assert len(await client.children(PATH)) == 1
+            assert len(await lock_class(client, PATH).contenders()) == 1
         assert not reentrant.is_held
-        assert await client.children(PATH) == []
+        assert await lock_class(client, PATH).contenders() == []
         with pytest.raises(RuntimeError, match="not held"):
             await reentrant.release()
 
 
 async def test_nodes_use_kazoo_naming_and_hold_the_identifier(backend_url: str) -> None:
-    async with clients(backend_url, 1) as (client,), Lock(client, PATH, "worker-7 ✓") as lock:
+    async with (
+        clients(backend_url, 1) as (client,),
+        GenericLock(client, PATH, "worker-7 ✓") as lock,
+    ):
         (name,) = await client.children(PATH)
         assert KAZOO_NAME.match(name)
         node = await client.get(f"{PATH}/{name}")
@@ -341,12 +390,12 @@ async def test_nodes_use_kazoo_naming_and_hold_the_identifier(backend_url: str) 
         assert await lock.contenders() == ["worker-7 ✓"]
 
 
-async def test_body_errors_pass_through_unchanged(backend_url: str) -> None:
+async def test_body_errors_pass_through_unchanged(backend_url: str, lock_class: type[Lock]) -> None:
     async with clients(backend_url, 1) as (client,):
         with pytest.raises(KeyError):
-            async with Lock(client, PATH):
+            async with lock_class(client, PATH):
                 raise KeyError("boom")
-        assert await client.children(PATH) == []
+        assert await lock_class(client, PATH).contenders() == []
 
 
 class _NativeLock:
