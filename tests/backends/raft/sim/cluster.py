@@ -109,6 +109,7 @@ class Cluster:
         self.op_timeout_ms = 400
         self.keys = ("x", "y")
         self.reads_from_followers = True
+        self.read_ratio = 0.3
 
     # -- event queue ---------------------------------------------------------------------
 
@@ -412,12 +413,12 @@ class Cluster:
         try:
             if node.core is None:
                 raise RaftError("down")
-            if roll < 0.3:
+            if roll < self.read_ratio:
                 if not self.reads_from_followers and node.core.role is not Role.LEADER:
                     raise RaftError("not leader")
                 op = Operation(key, "get", None, 0, client=client, op_id=op_id)
                 node.core.read_index(f"r{op_id}".encode())
-            elif roll < 0.65:
+            elif roll < self.read_ratio + (1 - self.read_ratio) / 2:
                 value = f"v{op_id}"
                 op = Operation(key, "put", value, 0, client=client, op_id=op_id)
                 node.core.propose(encode_put(op_id, key, value))
@@ -433,6 +434,7 @@ class Cluster:
             return
         self._next_op = op_id
         op.call = self.stamp()
+        op.node = node.id
         self.history.append(op)
         self._pending[op_id] = _Pending(op, node.id, client)
         self._process(node)

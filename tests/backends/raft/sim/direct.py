@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from coordkit.backends.raft.config import RaftConfig
 from coordkit.backends.raft.core import RaftCore
-from coordkit.backends.raft.messages import ConfState, Entry, Message, Role
+from coordkit.backends.raft.messages import ConfState, Entry, Message, ReadState, Role
 from coordkit.backends.raft.storage import MemoryStorage
 
 from .invariants import SafetyChecker
@@ -40,6 +40,7 @@ class DirectCluster:
         self.applied: dict[str, dict[int, Entry]] = {i: {} for i in self.ids}
         self.checker = SafetyChecker()
         self.sent: list[Message] = []
+        self.read_states: dict[str, list[ReadState]] = {i: [] for i in self.ids}
         for i in self.ids:
             self.restart(i)
 
@@ -70,6 +71,7 @@ class DirectCluster:
             if rd.hard_state is not None:
                 disk.set_hard_state(rd.hard_state)
             out.extend(rd.messages)
+            self.read_states[nid].extend(rd.read_states)
             leaders = [(i, c) for i, c in self.cores.items() if c and c.role is Role.LEADER]
             for e in rd.committed_entries:
                 self.checker.on_apply(nid, e, leaders)

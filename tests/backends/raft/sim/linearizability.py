@@ -37,6 +37,7 @@ class Operation:
     returned: bool = False
     client: int = 0
     op_id: int = 0
+    node: str = ""  # the node the client talked to
 
 
 def _step(state: str | None, op: Operation) -> tuple[bool, str | None]:

@@ -11,6 +11,7 @@ and the client history must be linearizable.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ class ScheduleResult:
     terms: int
     messages: int
     virtual_ms: int
+    fingerprint: str  # digest of the history and the traffic: equal runs, equal digests
 
 
 def random_config(rng: random.Random) -> RaftConfig:
@@ -159,4 +161,15 @@ def run_schedule(seed: int, duration_ms: int = 900) -> ScheduleResult:
         terms=len(cluster.checker.leaders),
         messages=cluster.net.total_sent(),
         virtual_ms=cluster.now,
+        fingerprint=_fingerprint(cluster),
     )
+
+
+def _fingerprint(cluster: Cluster) -> str:
+    h = hashlib.sha256()
+    for op in cluster.history:
+        h.update(repr((op.kind, op.key, op.arg, op.call, op.ret, op.result, op.node)).encode())
+    h.update(repr(sorted(cluster.net.sent.items())).encode())
+    for n in cluster.nodes.values():
+        h.update(repr((n.id, n.disk.hard_state, n.disk.last_index())).encode())
+    return h.hexdigest()
