@@ -122,6 +122,24 @@ def target_of(url: BackendURL) -> str:
     raise ConfigurationError(f"mixed IPv4/IPv6 endpoints are not supported: {url.raw!r}")
 
 
+async def _settled(call: Any) -> Any:
+    """The outcome of a unary grpc.aio call, waited for through anyio.
+
+    Awaiting the call object itself awaits a task of grpc's own; when anyio
+    cancels the awaiting task, the CancelledError comes out of grpc's task, no
+    cancel scope claims it, and it silently ends the caller's task. Waiting on
+    an anyio Event keeps cancellation anyio's: we cancel the RPC and re-raise.
+    """
+    finished = anyio.Event()
+    call.add_done_callback(lambda _call: finished.set())
+    try:
+        await finished.wait()
+    except BaseException:
+        call.cancel()
+        raise
+    return await call  # already done: returns or raises at once
+
+
 class EtcdChannel:
     """One gRPC channel to the cluster and its stubs; :meth:`call` runs a unary RPC."""
 
@@ -153,7 +171,8 @@ class EtcdChannel:
         while True:
             remaining = deadline - time.monotonic()
             try:
-                return await method(request, timeout=max(remaining, 0.001), wait_for_ready=True)
+                call = method(request, timeout=max(remaining, 0.001), wait_for_ready=True)
+                return await _settled(call)
             except grpc.aio.AioRpcError as exc:
                 if not _retryable(exc, idempotent) or deadline - time.monotonic() < delay:
                     raise map_error(exc) from exc
