@@ -119,10 +119,37 @@ def test_safety_checker_rejects_two_leaders_in_one_term() -> None:
 
 def test_safety_checker_rejects_different_entries_applied_at_one_index() -> None:
     checker = SafetyChecker()
-    checker.on_apply("n1", Entry(1, 5, data=b"a"), [])
-    checker.on_apply("n2", Entry(1, 5, data=b"a"), [])
+    checker.on_apply("n1", 1, Entry(1, 5, data=b"a"), [])
+    checker.on_apply("n2", 1, Entry(1, 5, data=b"a"), [])
     with pytest.raises(SafetyViolation, match="state machine safety"):
-        checker.on_apply("n3", Entry(2, 5, data=b"b"), [])
+        checker.on_apply("n3", 2, Entry(2, 5, data=b"b"), [])
+
+
+class _StubLog:
+    def __init__(self, terms: dict[int, int]) -> None:
+        self.terms = terms
+
+    def first_index(self) -> int:
+        return 1
+
+    def term(self, index: int) -> int | None:
+        return self.terms.get(index)
+
+
+class _StubCore:
+    def __init__(self, term: int, terms: dict[int, int]) -> None:
+        self.term = term
+        self.log = _StubLog(terms)
+
+
+def test_leader_completeness_applies_to_later_terms_only() -> None:
+    checker = SafetyChecker()
+    stale = _StubCore(4, {1: 1})  # a leader of term 4, cut off, elected long ago
+    later = _StubCore(7, {1: 1})  # a leader of term 7 that lacks the entry
+    # n3, in term 5, applies entry 1 of term 2: committed in term 5 at the latest.
+    checker.on_apply("n3", 5, Entry(2, 1), [("n5", stale)])  # type: ignore[list-item]
+    with pytest.raises(SafetyViolation, match="leader completeness"):
+        checker.on_leader("n1", 7, later)  # type: ignore[arg-type]
 
 
 # -- determinism ------------------------------------------------------------------------------

@@ -110,6 +110,8 @@ class Cluster:
         self.keys = ("x", "y")
         self.reads_from_followers = True
         self.read_ratio = 0.3
+        # Called when a node has just become leader (fault schedules use it).
+        self.on_new_leader: Callable[[str], None] | None = None
 
     # -- event queue ---------------------------------------------------------------------
 
@@ -235,6 +237,9 @@ class Cluster:
             core.advance(rd)
             if core.role is Role.LEADER:
                 self.checker.on_leader(node.id, core.term, core)
+                new = rd.soft_state is not None and rd.soft_state.role is Role.LEADER
+                if new and self.on_new_leader is not None:
+                    self.on_new_leader(node.id)
             if self.snapshot_every and node.kv is not None:
                 applied = core.applied_index
                 if applied - node.disk.snapshot().meta.index >= self.snapshot_every:
@@ -244,7 +249,7 @@ class Cluster:
         assert node.kv is not None
         if e.index != node.kv_index + 1:
             self.checker.fail(f"{node.id} applied index {e.index} after {node.kv_index}")
-        self.checker.on_apply(node.id, e, self.leaders())
+        self.checker.on_apply(node.id, node.core.term if node.core else 0, e, self.leaders())
         node.applied[e.index] = e
         node.kv_index = e.index
         if e.type is not EntryType.NORMAL:

@@ -74,7 +74,7 @@ class DirectCluster:
             self.read_states[nid].extend(rd.read_states)
             leaders = [(i, c) for i, c in self.cores.items() if c and c.role is Role.LEADER]
             for e in rd.committed_entries:
-                self.checker.on_apply(nid, e, leaders)
+                self.checker.on_apply(nid, core.term, e, leaders)
                 self.applied[nid][e.index] = e
             core.advance(rd)
             if core.role is Role.LEADER:

@@ -9,7 +9,8 @@ once, so a violation stops the run at the step that caused it.
   same entry there, and agree on the term of the entry before it (which, by
   induction, makes the whole prefixes identical).
 - Leader completeness: an entry committed in term T is in the log of every
-  leader of a later term.
+  leader of a later term. The checker knows an upper bound of T (the term of
+  the first node seen applying the entry) and checks leaders of later terms.
 - State machine safety: no two nodes apply different entries at one index.
 - Durability: a restarted node's disk agrees with every committed entry it
   claims committed; committed entries are never lost (a later leader lacking
@@ -33,6 +34,8 @@ class SafetyChecker:
         # (index, term) -> (type, data, term of the previous entry or -1 if unknown)
         self.seen: dict[tuple[int, int], tuple[EntryType, bytes, int]] = {}
         self.committed: dict[int, Entry] = {}
+        # index -> a term no earlier than the one in which it was committed
+        self.commit_term: dict[int, int] = {}
         self.violations = 0
 
     def fail(self, what: str) -> None:
@@ -62,7 +65,8 @@ class SafetyChecker:
         if holder is None:
             self.leaders[term] = node
             for index, e in self.committed.items():
-                self._check_has(node, core, index, e, term)
+                if self.commit_term[index] < term:
+                    self._check_has(node, core, index, e, term)
         elif holder != node:
             self.fail(f"election safety: {holder} and {node} both lead term {term}")
 
@@ -75,13 +79,18 @@ class SafetyChecker:
                 f"{index} (term {e.term}); its log has term {core.log.term(index)} there"
             )
 
-    def on_apply(self, node: str, e: Entry, leaders: list[tuple[str, RaftCore]]) -> None:
+    def on_apply(self, node: str, term: int, e: Entry, leaders: list[tuple[str, RaftCore]]) -> None:
+        """``node``, now in ``term``, applies ``e``."""
         old = self.committed.get(e.index)
         if old is None:
             self.committed[e.index] = e
-            # A leader elected before we learned of this commit must hold it too.
+            # The entry was committed in a term no later than the applying node's
+            # current term (it learned the commit from a leader of at most that
+            # term). Leaders of later terms, even elected before we got to know
+            # of the commit, must hold it.
+            self.commit_term[e.index] = term
             for lead_id, core in leaders:
-                if core.term > e.term:
+                if core.term > term:
                     self._check_has(lead_id, core, e.index, e, core.term)
         elif old.term != e.term or old.data != e.data or old.type != e.type:
             self.fail(

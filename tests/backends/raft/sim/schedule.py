@@ -119,6 +119,10 @@ def run_schedule(seed: int, duration_ms: int = 900) -> ScheduleResult:
         # soon after they are elected, often with entries half replicated.
         if not injecting:
             return
+        # Every node that believes it leads gets a command (MIT's Start() on all
+        # servers): stale leaders in minorities grow divergent uncommitted tails.
+        for nid, _ in cluster.leaders():
+            cluster.propose_at(nid, f"churn{cluster.now}".encode())
         lid = cluster.leader()
         if lid is not None and rng.random() < 0.7:
             target = lid
@@ -130,9 +134,21 @@ def run_schedule(seed: int, duration_ms: int = 900) -> ScheduleResult:
                 cluster.call_at(cluster.now + rng.randint(10, 200), lambda: cluster.connect(target))
         cluster.call_at(cluster.now + rng.choice([rng.randint(5, 30), rng.randint(30, 150)]), churn)
 
+    def strike_new_leader(nid: str) -> None:
+        # Cut a fresh leader off before its no-op spreads: the next leader
+        # inherits entries of several older terms, as in Figure 8.
+        if injecting and rng.random() < 0.3:
+            if rng.random() < 0.5:
+                cluster.disconnect(nid)
+                cluster.call_at(cluster.now + rng.randint(20, 300), lambda: cluster.connect(nid))
+            else:
+                cluster.crash(nid)
+                cluster.call_at(cluster.now + rng.randint(20, 300), lambda: cluster.restart(nid))
+
     cluster.call_at(rng.randint(50, 150), inject)
     if rng.random() < 0.35:
         cluster.call_at(rng.randint(50, 150), churn)
+        cluster.on_new_leader = strike_new_leader
     cluster.start_clients(3, duration_ms)
     cluster.run_for(duration_ms)
 
