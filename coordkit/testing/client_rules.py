@@ -11,7 +11,7 @@ from coordkit.errors import ClientClosedError, UnsupportedError
 from coordkit.model import Capability
 from coordkit.txn import Compare, CreateOp, GetOp
 
-from .harness import ConformanceBase, Kit, expect_error, revision_of, tree_state
+from .harness import ConformanceBase, Kit, assert_unchanged, expect_error, revision_of, tree_state
 
 __all__ = ["ClientRules"]
 
@@ -134,5 +134,5 @@ class ClientRules(ConformanceBase):
                     UnsupportedError,
                     _unsupported_call(client, capability),
                 )
-                assert await tree_state(client, ["/u", "/u/x"]) == before
+                await assert_unchanged(client, before, "the failed call")
             assert await revision_of(client) == before.revision

@@ -8,6 +8,8 @@ proves the same rule on every backend.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -26,6 +28,7 @@ __all__ = [
     "ConformanceBase",
     "Kit",
     "TreeState",
+    "assert_unchanged",
     "expect_error",
     "gather_events",
     "next_event",
@@ -85,6 +88,16 @@ class ConformanceBase:
     #: bound (seconds) on any single wait for an event the contract promises.
     wait_timeout: ClassVar[float] = 10.0
 
+    #: bound (seconds) on a whole test, so a backend that hangs fails the
+    #: test (with the traceback of the hanging call) instead of the run.
+    test_timeout: ClassVar[float] = 120.0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, test in list(vars(cls).items()):
+            if name.startswith("test_") and inspect.iscoroutinefunction(test):
+                setattr(cls, name, _bounded(test))
+
     @pytest.fixture
     def connect_options(self) -> dict[str, Any]:
         """Keyword arguments for :func:`coordkit.connect` (override to tune)."""
@@ -103,6 +116,23 @@ class ConformanceBase:
         skips. Backend authors override this.
         """
         return False
+
+
+def _bounded(test: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """``test`` failing with TimeoutError after ``self.test_timeout`` seconds.
+
+    ``functools.wraps`` keeps the signature pytest reads to pass fixtures.
+    """
+    if getattr(test, "__conformance_bounded__", False):
+        return test
+
+    @functools.wraps(test)
+    async def run(self: ConformanceBase, *args: Any, **kwargs: Any) -> None:
+        with anyio.fail_after(self.test_timeout):
+            await test(self, *args, **kwargs)
+
+    run.__conformance_bounded__ = True  # type: ignore[attr-defined]
+    return run
 
 
 # -- helpers -------------------------------------------------------------------
@@ -178,6 +208,22 @@ async def tree_state(client: Client, paths: Sequence[str]) -> TreeState:
         if node is not None:
             children[path] = await client.children(path)
     return TreeState(await revision_of(client), nodes, children)
+
+
+async def assert_unchanged(client: Client, before: TreeState, what: str) -> None:
+    """The revision and the nodes of ``before`` are as they were; else say what moved."""
+    after = await tree_state(client, list(before.nodes))
+    changes = []
+    if after.revision != before.revision:
+        changes.append(f"revision {before.revision} -> {after.revision}")
+    for path, node in before.nodes.items():
+        if after.nodes[path] != node:
+            changes.append(f"{path}: {node} -> {after.nodes[path]}")
+        if after.children.get(path) != before.children.get(path):
+            changes.append(
+                f"children of {path}: {before.children.get(path)} -> {after.children.get(path)}"
+            )
+    assert not changes, f"{what} changed the tree: " + "; ".join(changes)
 
 
 async def expect_error(

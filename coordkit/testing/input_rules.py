@@ -22,7 +22,7 @@ from coordkit.errors import (
 from coordkit.paths import DEFAULT_MAX_VALUE_BYTES, MAX_PATH_BYTES
 from coordkit.txn import Compare, CreateOp, DeleteOp, GetOp, SetOp
 
-from .harness import ConformanceBase, Kit, expect_error, tree_state
+from .harness import ConformanceBase, Kit, assert_unchanged, expect_error, tree_state
 
 __all__ = ["InputRules"]
 
@@ -92,7 +92,7 @@ async def _assert_rejected(
         before = await tree_state(client, _WATCHED)
         for label, call in calls(client):
             await expect_error(label, error, call)
-        assert await tree_state(client, _WATCHED) == before, "rejected input changed the tree"
+        await assert_unchanged(client, before, "rejected input changed the tree")
 
 
 async def _assert_path_rejected(kit: Kit, path: Any) -> None:
@@ -171,7 +171,7 @@ class InputRules(ConformanceBase):
             before = await tree_state(client, _WATCHED)
             for label, call in _value_calls(client, b"y" * 65):
                 await expect_error(label, ValueTooLargeError, call)
-            assert await tree_state(client, _WATCHED) == before
+            await assert_unchanged(client, before, "the failed call")
             await client.set("/k/a", b"y" * 64)
             node = await client.get("/k/a")
             assert node is not None and node.value == b"y" * 64
@@ -249,4 +249,4 @@ class InputRules(ConformanceBase):
             await expect_error(
                 "txn DeleteOp('/')", InvalidPathError, lambda: client.txn([], [DeleteOp("/")])
             )
-            assert await tree_state(client, _WATCHED) == before
+            await assert_unchanged(client, before, "the failed call")

@@ -17,6 +17,7 @@ from coordkit.paths import sequence_of
 from .harness import (
     ConformanceBase,
     Kit,
+    assert_unchanged,
     expect_error,
     next_event,
     sequential_counter,
@@ -39,7 +40,7 @@ class CreateRules(ConformanceBase):
             await expect_error(
                 "create(sequential)", NoNodeError, lambda: client.create("/c/x/y", sequential=True)
             )
-            assert await tree_state(client, ["/c", "/c/x", "/c/x/y"]) == before
+            await assert_unchanged(client, before, "the failed call")
 
     async def test_create_with_make_parents_creates_missing_ancestors_as_empty_persistent_nodes(
         self, kit: Kit
@@ -71,7 +72,7 @@ class CreateRules(ConformanceBase):
                         NodeExistsError,
                         partial(client.create, "/dup", b"x", **flags),
                     )
-            assert await tree_state(a, ["/dup"]) == before
+            await assert_unchanged(a, before, "the failed call")
 
     async def test_sequential_create_appends_a_ten_digit_zero_padded_counter(
         self, kit: Kit
@@ -131,7 +132,7 @@ class CreateRules(ConformanceBase):
                 NoChildrenForEphemeralsError,
                 lambda: client.create("/eph/c/d", make_parents=True),
             )
-            assert await tree_state(client, paths) == before
+            await assert_unchanged(client, before, "the failed call")
 
     async def test_create_returns_the_node_as_stored(self, kit: Kit) -> None:
         async with kit.connect() as client:
@@ -153,7 +154,7 @@ class SetRules(ConformanceBase):
             await expect_error(
                 "set(version)", NoNodeError, lambda: client.set("/nothing", b"v", version=0)
             )
-            assert await tree_state(client, ["/nothing"]) == before
+            await assert_unchanged(client, before, "the failed call")
 
     async def test_set_with_wrong_version_raises_bad_version_and_keeps_the_value(
         self, kit: Kit
@@ -168,7 +169,7 @@ class SetRules(ConformanceBase):
                     BadVersionError,
                     partial(client.set, "/bv", b"no", version=wrong),
                 )
-            assert await tree_state(client, ["/bv"]) == before
+            await assert_unchanged(client, before, "the failed call")
 
     async def test_set_with_matching_version_succeeds(self, kit: Kit) -> None:
         async with kit.connect() as client:
@@ -190,7 +191,7 @@ class DeleteRules(ConformanceBase):
             await expect_error(
                 "delete(version)", NoNodeError, lambda: client.delete("/nothing", version=0)
             )
-            assert await tree_state(client, ["/nothing"]) == before
+            await assert_unchanged(client, before, "the failed call")
 
     async def test_delete_with_wrong_version_raises_bad_version_and_keeps_the_node(
         self, kit: Kit
@@ -202,7 +203,7 @@ class DeleteRules(ConformanceBase):
             await expect_error(
                 "version=0", BadVersionError, lambda: client.delete("/dv", version=0)
             )
-            assert await tree_state(client, ["/dv"]) == before
+            await assert_unchanged(client, before, "the failed call")
             await client.delete("/dv", version=1)
             assert await client.get("/dv") is None
 
@@ -214,7 +215,7 @@ class DeleteRules(ConformanceBase):
             await expect_error(
                 "delete(version)", NotEmptyError, lambda: client.delete("/ne", version=0)
             )
-            assert await tree_state(client, ["/ne", "/ne/child"]) == before
+            await assert_unchanged(client, before, "the failed call")
 
     async def test_recursive_delete_removes_every_descendant_in_one_revision(
         self, kit: Kit

@@ -12,6 +12,7 @@ from coordkit.txn import Compare, CreateOp, DeleteOp, GetOp, Op, SetOp
 from .harness import (
     ConformanceBase,
     Kit,
+    assert_unchanged,
     expect_error,
     require,
     revision_of,
@@ -115,7 +116,7 @@ class TxnRules(ConformanceBase):
             ops: list[Op] = [SetOp("/b", b"1"), CreateOp("/b/new", b"")]
             failed = await client.txn([Compare.exists("/b"), Compare.version("/b", "==", 9)], ops)
             assert not failed.succeeded and failed.results == ()
-            assert await tree_state(client, ["/b", "/b/new"]) == before
+            await assert_unchanged(client, before, "the failed call")
             passed = await client.txn([Compare.exists("/b"), Compare.version("/b", "==", 0)], ops)
             assert passed.succeeded
             assert (await _node(client, "/b")).value == b"1"
@@ -161,7 +162,7 @@ class TxnRules(ConformanceBase):
             ]  # fmt: skip
             for label, error, ops in cases:
                 await expect_error(label, error, partial(client.txn, [Compare.exists("/a")], ops))
-                assert await tree_state(client, paths) == before, f"txn {label} changed the tree"
+                await assert_unchanged(client, before, f"txn {label} changed the tree")
 
     async def test_txn_op_error_in_the_failure_branch_raises_it_and_changes_nothing(
         self, kit: Kit
@@ -177,7 +178,7 @@ class TxnRules(ConformanceBase):
                     [Compare.missing("/a")], [], [CreateOp("/a/new"), CreateOp("/a")]
                 ),
             )
-            assert await tree_state(client, ["/a", "/a/new"]) == before
+            await assert_unchanged(client, before, "the failed call")
 
     async def test_txn_results_have_one_entry_per_op_in_order(self, kit: Kit) -> None:
         async with kit.connect() as client:
