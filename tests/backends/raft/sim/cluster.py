@@ -14,6 +14,7 @@ import heapq
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from coordkit.backends.raft.config import RaftConfig
 from coordkit.backends.raft.core import RaftCore
@@ -34,6 +35,7 @@ from .linearizability import Operation
 from .network import NetConfig, Network
 
 TICK, DELIVER, CALL = 0, 1, 2
+T = TypeVar("T")
 
 
 @dataclass(eq=False)
@@ -197,7 +199,8 @@ class Cluster:
 
     def _process(self, node: SimNode) -> None:
         core = node.core
-        while core is not None and core.has_ready():
+        # The loop stops if the node crashed meanwhile (a fault hook may crash it).
+        while core is not None and node.core is core and core.has_ready():
             rd = core.ready()
             crash_at = -1
             if self.crash_mid_ready and self.rng.random() < self.crash_mid_ready:
@@ -336,13 +339,9 @@ class Cluster:
         deadline = self.now + timeout_ms
         while self.now < deadline:
             index = None
-            for n in self.nodes.values():
-                if n.core is not None and n.core.role is Role.LEADER:
-                    try:
-                        index = n.core.propose(data)
-                    except RaftError:
-                        continue
-                    self._process(n)
+            for nid, _ in self.leaders():
+                index = self.propose_at(nid, data)
+                if index is not None:
                     break
             if index is not None and self.run_until(self._agreed(index, data, expected), 2000):
                 return index
@@ -357,42 +356,34 @@ class Cluster:
 
         return done
 
-    def propose_at(self, nid: str, data: bytes) -> int | None:
-        core = self.nodes[nid].core
-        if core is None:
+    def _call(self, nid: str | None, action: Callable[[RaftCore], T]) -> T | None:
+        """Run ``action`` on a live node's core, then handle its Readies.
+
+        None if the node is down (or ``nid`` is None) or the core refused.
+        """
+        node = self.nodes[nid] if nid is not None else None
+        if node is None or node.core is None:
             return None
         try:
-            index = core.propose(data)
+            result = action(node.core)
         except RaftError:
             return None
-        self._process(self.nodes[nid])
-        return index
+        self._process(node)
+        return result
+
+    def propose_at(self, nid: str, data: bytes) -> int | None:
+        return self._call(nid, lambda core: core.propose(data))
 
     def try_conf_change(self, change: ConfChangeType, target: str) -> bool:
-        lid = self.leader()
-        if lid is None:
-            return False
-        core = self.nodes[lid].core
-        assert core is not None
-        try:
-            core.propose_conf_change(change, target)
-        except RaftError:
-            return False
-        self._process(self.nodes[lid])
-        return True
+        index = self._call(self.leader(), lambda c: c.propose_conf_change(change, target))
+        return index is not None
 
     def transfer(self, to: str) -> bool:
-        lid = self.leader()
-        if lid is None:
-            return False
-        core = self.nodes[lid].core
-        assert core is not None
-        try:
+        def start(core: RaftCore) -> bool:
             core.transfer_leadership(to)
-        except RaftError:
-            return False
-        self._process(self.nodes[lid])
-        return True
+            return True
+
+        return self._call(self.leader(), start) is not None
 
     # -- clients ------------------------------------------------------------------------------
 

@@ -58,9 +58,15 @@ def _random_net(rng: random.Random) -> NetConfig:
     return rng.choice([NetConfig.reliable, NetConfig.unreliable, NetConfig.long_reordering])()
 
 
-def run_schedule(seed: int, duration_ms: int = 900) -> ScheduleResult:
-    """Run one schedule; raises AssertionError (with the seed) on any violation."""
+def run_schedule(seed: int, duration_ms: int | None = None) -> ScheduleResult:
+    """Run one schedule; raises AssertionError (with the seed) on any violation.
+
+    The faults last ``duration_ms`` of virtual time (by default 0.6-2 s, drawn
+    from the seed), then the cluster gets up to 10 s to recover.
+    """
     rng = random.Random(seed)
+    if duration_ms is None:
+        duration_ms = rng.randint(600, 2000)
     n = rng.choice([3, 3, 5])
     spares = 1 if rng.random() < 0.25 else 0
     cluster = Cluster(
@@ -114,6 +120,15 @@ def run_schedule(seed: int, duration_ms: int = 900) -> ScheduleResult:
             cluster.try_conf_change(change, victim)
         cluster.call_at(cluster.now + rng.randint(30, 200), inject)
 
+    def knock_out(nid: str, for_ms: int) -> None:
+        """Crash or isolate ``nid``, and bring it back ``for_ms`` later."""
+        if rng.random() < 0.5:
+            cluster.crash(nid)
+            cluster.call_at(cluster.now + for_ms, lambda: cluster.restart(nid))
+        else:
+            cluster.disconnect(nid)
+            cluster.call_at(cluster.now + for_ms, lambda: cluster.connect(nid))
+
     def churn() -> None:
         # Figure 8 pressure (MIT 6.5840 TestFigure8*): leaders die or vanish
         # soon after they are elected, often with entries half replicated.
@@ -125,25 +140,14 @@ def run_schedule(seed: int, duration_ms: int = 900) -> ScheduleResult:
             cluster.propose_at(nid, f"churn{cluster.now}".encode())
         lid = cluster.leader()
         if lid is not None and rng.random() < 0.7:
-            target = lid
-            if rng.random() < 0.5:
-                cluster.crash(target)
-                cluster.call_at(cluster.now + rng.randint(0, 150), lambda: cluster.restart(target))
-            else:
-                cluster.disconnect(target)
-                cluster.call_at(cluster.now + rng.randint(10, 200), lambda: cluster.connect(target))
+            knock_out(lid, rng.randint(0, 200))
         cluster.call_at(cluster.now + rng.choice([rng.randint(5, 30), rng.randint(30, 150)]), churn)
 
     def strike_new_leader(nid: str) -> None:
         # Cut a fresh leader off before its no-op spreads: the next leader
         # inherits entries of several older terms, as in Figure 8.
         if injecting and rng.random() < 0.3:
-            if rng.random() < 0.5:
-                cluster.disconnect(nid)
-                cluster.call_at(cluster.now + rng.randint(20, 300), lambda: cluster.connect(nid))
-            else:
-                cluster.crash(nid)
-                cluster.call_at(cluster.now + rng.randint(20, 300), lambda: cluster.restart(nid))
+            knock_out(nid, rng.randint(20, 300))
 
     cluster.call_at(rng.randint(50, 150), inject)
     if rng.random() < 0.35:
