@@ -18,18 +18,12 @@ from coordkit.errors import BadVersionError, NodeExistsError, NoNodeError
 from coordkit.model import Node
 from coordkit.txn import Compare, SetOp
 
-from .harness import ConformanceBase, Kit, sequential_counter
+from .harness import ConformanceBase, Kit, existing_node, sequential_counter
 
 __all__ = ["ConcurrencyRules"]
 
 #: one task of a race: ``work(task_index, client)``.
 Work = Callable[[int, Client], Coroutine[Any, Any, None]]
-
-
-async def _node(client: Client, path: str) -> Node:
-    node = await client.get(path)
-    assert node is not None, f"{path} is missing"
-    return node
 
 
 class ConcurrencyRules(ConformanceBase):
@@ -85,7 +79,7 @@ class ConcurrencyRules(ConformanceBase):
             assert counters == sorted(counters), "sequential counters disagree with revisions"
             for i, mine in per_task.items():
                 for node in mine:
-                    assert (await _node(reader, node.path)).value == str(i).encode()
+                    assert (await existing_node(reader, node.path)).value == str(i).encode()
 
     async def test_racing_compare_and_set_increments_lose_no_update(self, kit: Kit) -> None:
         conflicts = 0
@@ -94,7 +88,7 @@ class ConcurrencyRules(ConformanceBase):
             nonlocal conflicts
             for _ in range(self.increments_per_task):
                 while True:
-                    node = await _node(client, "/counter")
+                    node = await existing_node(client, "/counter")
                     try:
                         await client.set(
                             "/counter", str(int(node.value) + 1).encode(), version=node.version
@@ -107,7 +101,7 @@ class ConcurrencyRules(ConformanceBase):
             await reader.create("/counter", b"0")
             await self._race_to_end(kit, increment)
             total = self.contention_tasks * self.increments_per_task
-            final = await _node(reader, "/counter")
+            final = await existing_node(reader, "/counter")
             assert (final.value, final.version) == (str(total).encode(), total), "lost update"
             assert conflicts > 0, "no set(version=...) ever conflicted: the race never happened"
 
@@ -120,7 +114,7 @@ class ConcurrencyRules(ConformanceBase):
             nonlocal conflicts
             for _ in range(self.increments_per_task):
                 while True:
-                    node = await _node(client, "/counter")
+                    node = await existing_node(client, "/counter")
                     result = await client.txn(
                         [Compare.version("/counter", "==", node.version)],
                         [SetOp("/counter", str(int(node.value) + 1).encode())],
@@ -133,7 +127,7 @@ class ConcurrencyRules(ConformanceBase):
             await reader.create("/counter", b"0")
             await self._race_to_end(kit, increment)
             total = self.contention_tasks * self.increments_per_task
-            final = await _node(reader, "/counter")
+            final = await existing_node(reader, "/counter")
             assert (final.value, final.version) == (str(total).encode(), total), "lost update"
             assert conflicts > 0, "no compare ever failed: the race never happened"
 
@@ -156,7 +150,7 @@ class ConcurrencyRules(ConformanceBase):
         async with kit.connect() as reader, self._race(kit, create):
             assert len(winners) == 1, f"{len(winners)} creates of {path} succeeded"
             assert len(losers) == self.contention_tasks - 1
-            (i, winner, node), stored = winners[0], await _node(reader, path)
+            (i, winner, node), stored = winners[0], await existing_node(reader, path)
             assert stored.value == str(i).encode() and stored == node
             assert stored.ephemeral_owner == (winner.session.id if ephemeral else None)
 

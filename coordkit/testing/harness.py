@@ -29,6 +29,7 @@ __all__ = [
     "Kit",
     "TreeState",
     "assert_unchanged",
+    "existing_node",
     "expect_error",
     "gather_events",
     "next_event",
@@ -147,6 +148,13 @@ def require(client: Client, capability: Capability) -> None:
 async def revision_of(client: Client) -> int:
     """The backend's current revision, as ``status()`` reports it."""
     return (await client.status()).revision
+
+
+async def existing_node(client: Client, path: str) -> Node:
+    """The node at ``path``, failing the test if it is missing."""
+    node = await client.get(path)
+    assert node is not None, f"{path} is missing"
+    return node
 
 
 async def next_event(events: AsyncIterator[Event], timeout: float) -> Event:

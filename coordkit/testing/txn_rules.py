@@ -6,13 +6,14 @@ from functools import partial
 
 from coordkit.client import Client
 from coordkit.errors import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
-from coordkit.model import Capability, Node
+from coordkit.model import Capability
 from coordkit.txn import Compare, CreateOp, DeleteOp, GetOp, Op, SetOp
 
 from .harness import (
     ConformanceBase,
     Kit,
     assert_unchanged,
+    existing_node,
     expect_error,
     require,
     revision_of,
@@ -26,12 +27,6 @@ __all__ = ["TxnRules"]
 async def _holds(client: Client, *compares: Compare) -> bool:
     """Whether the compares hold, judged by a transaction that changes nothing."""
     return (await client.txn(list(compares))).succeeded
-
-
-async def _node(client: Client, path: str) -> Node:
-    node = await client.get(path)
-    assert node is not None, f"{path} is missing"
-    return node
 
 
 class TxnRules(ConformanceBase):
@@ -119,7 +114,7 @@ class TxnRules(ConformanceBase):
             await assert_unchanged(client, before, "the failed call")
             passed = await client.txn([Compare.exists("/b"), Compare.version("/b", "==", 0)], ops)
             assert passed.succeeded
-            assert (await _node(client, "/b")).value == b"1"
+            assert (await existing_node(client, "/b")).value == b"1"
             assert await client.exists("/b/new")
 
     async def test_txn_runs_the_failure_branch_when_a_compare_fails(self, kit: Kit) -> None:
