@@ -134,5 +134,5 @@ class ClientRules(ConformanceBase):
                     UnsupportedError,
                     _unsupported_call(client, capability),
                 )
-                await assert_unchanged(client, before, "the failed call")
+                await assert_unchanged(client, before, f"without {capability.value!r}")
             assert await revision_of(client) == before.revision

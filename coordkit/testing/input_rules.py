@@ -92,7 +92,7 @@ async def _assert_rejected(
         before = await tree_state(client, _WATCHED)
         for label, call in calls(client):
             await expect_error(label, error, call)
-        await assert_unchanged(client, before, "rejected input changed the tree")
+        await assert_unchanged(client, before, "rejected input")
 
 
 async def _assert_path_rejected(kit: Kit, path: Any) -> None:
