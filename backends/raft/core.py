@@ -265,7 +265,9 @@ class RaftCore(LeaderRole):
     # -- Ready / advance -------------------------------------------------------------
 
     def has_ready(self) -> bool:
-        """Whether ready() has anything to hand out."""
+        """Whether ready() has anything to hand out (never while a Ready awaits advance())."""
+        if self._in_ready is not None:
+            return False
         u = self.log.unstable
         return bool(
             self.msgs
