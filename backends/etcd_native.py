@@ -157,14 +157,16 @@ class _Contender:
         return out
 
     async def _enter_turn(self, blocking: bool) -> bool:
-        self._turn = self.backend.native_turn(self.name)
+        """Take this client's turn for the name; ``_turn`` is set only once it is ours."""
+        turn = self.backend.native_turn(self.name)
         if not blocking:
             try:
-                self._turn.acquire_nowait()
+                turn.acquire_nowait()
             except anyio.WouldBlock:
                 return False
-            return True
-        await self._turn.acquire()
+        else:
+            await turn.acquire()
+        self._turn = turn
         return True
 
     def _leave_turn(self) -> None:
