@@ -24,13 +24,19 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from coordkit import hookimpl
 from coordkit.backend import Backend, BackendFactory, BackendURL, ConnectOptions, Session
-from coordkit.errors import ClientClosedError, ConfigurationError
+from coordkit.errors import (
+    ClientClosedError,
+    ConfigurationError,
+    InvalidArgumentError,
+    WrongTypeError,
+)
 from coordkit.model import Capability, Event, Node, Status
 from coordkit.txn import Compare, Op, TxnResult
 
 from .store import (
     CloseSession,
     Command,
+    Compact,
     Create,
     Delete,
     ExpireSession,
@@ -194,6 +200,19 @@ class MemoryBackend(Backend):
     async def expire_session(self) -> None:
         await self._apply(ExpireSession(self.session.id))
 
+    async def compact(self, revision: int) -> None:
+        """Forget the watch history below ``revision`` (as ``etcdctl compact`` does).
+
+        A later ``watch(..., start_revision=r)`` with ``r`` below it raises
+        :class:`~coordkit.CompactedError`. The store also compacts by itself,
+        keeping a bounded ring of recent events.
+        """
+        if isinstance(revision, bool) or not isinstance(revision, int):
+            raise WrongTypeError(f"revision must be an int, not {type(revision).__name__}")
+        if revision < 1:
+            raise InvalidArgumentError(f"revision must be >= 1, not {revision}")
+        await self._apply(Compact(revision))
+
     def _stop(self) -> None:
         self._open = False
         for watcher in self._watchers:
@@ -272,20 +291,20 @@ class MemoryBackend(Backend):
             raise ClientClosedError("the memory backend is closed")
         send, receive = anyio.create_memory_object_stream[Event](math.inf)
         watcher = _Watcher(path, recursive, send)
-        try:
-            # Replay and registration happen with no await between them, so no
-            # event falls in a gap or is delivered twice.
-            if start_revision is not None:
-                for event in self._shared.store.events_since(start_revision, path, recursive):
-                    send.send_nowait(event)
-            self._shared.watchers.add(watcher)
-            self._watchers.add(watcher)
-            with receive:
+        with receive:  # closed on every way out, including a CompactedError from the replay
+            try:
+                # Replay and registration happen with no await between them, so no
+                # event falls in a gap or is delivered twice.
+                if start_revision is not None:
+                    for event in self._shared.store.events_since(start_revision, path, recursive):
+                        send.send_nowait(event)
+                self._shared.watchers.add(watcher)
+                self._watchers.add(watcher)
                 yield _WatchIterator(receive, self._shared)
-        finally:
-            self._shared.watchers.discard(watcher)
-            self._watchers.discard(watcher)
-            send.close()
+            finally:
+                self._shared.watchers.discard(watcher)
+                self._watchers.discard(watcher)
+                send.close()
 
     async def status(self) -> Status:
         await self._read()

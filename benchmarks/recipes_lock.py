@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import anyio
-from coordkit.recipes.lock import Lock
 
 import coordkit
 from coordkit.plugins import native_recipe
+from coordkit.recipes.lock import Lock
 
 CONTENDERS = 8
 

@@ -9,4 +9,29 @@ from coordkit import hookimpl
 
 @hookimpl
 def coordkit_recipes() -> dict[str, type[Any]]:
-    return {}
+    from . import (
+        Barrier,
+        ConfigWatch,
+        Counter,
+        DoubleBarrier,
+        Election,
+        Group,
+        Lock,
+        Queue,
+        ReadWriteLock,
+        Semaphore,
+    )
+
+    recipes: list[type[Any]] = [
+        Barrier,
+        ConfigWatch,
+        Counter,
+        DoubleBarrier,
+        Election,
+        Group,
+        Lock,
+        Queue,
+        ReadWriteLock,
+        Semaphore,
+    ]
+    return {recipe.__name__: recipe for recipe in recipes}

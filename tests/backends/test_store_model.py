@@ -11,6 +11,10 @@ import os
 from dataclasses import dataclass, field, replace
 
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
 from coordkit.backends.store import (
     CloseSession,
     Create,
@@ -24,10 +28,6 @@ from coordkit.backends.store import (
     decode_command,
     encode_command,
 )
-from hypothesis import HealthCheck, settings
-from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-
 from coordkit.errors import (
     BadVersionError,
     CoordkitError,

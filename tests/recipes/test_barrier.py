@@ -7,11 +7,11 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import anyio
 import pytest
-from coordkit.recipes.barrier import Barrier, DoubleBarrier
-from coordkit.recipes.base import wait_until
 
 import coordkit
 from coordkit import Client
+from coordkit.recipes.barrier import Barrier, DoubleBarrier
+from coordkit.recipes.base import wait_until
 
 pytestmark = pytest.mark.anyio
 

@@ -9,9 +9,9 @@ from typing import Any
 import anyio
 import orjson
 import pytest
-from coordkit.recipes.config_watch import ConfigWatch
 
 import coordkit
+from coordkit.recipes.config_watch import ConfigWatch
 
 pytestmark = pytest.mark.anyio
 

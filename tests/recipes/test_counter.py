@@ -7,10 +7,10 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import anyio
 import pytest
-from coordkit.recipes.counter import Counter
 
 import coordkit
 from coordkit import Client, InvalidArgumentError, WrongTypeError
+from coordkit.recipes.counter import Counter
 
 pytestmark = pytest.mark.anyio
 

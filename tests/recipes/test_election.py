@@ -6,9 +6,9 @@ from contextlib import AsyncExitStack, aclosing
 
 import anyio
 import pytest
-from coordkit.recipes.election import Election
 
 import coordkit
+from coordkit.recipes.election import Election
 
 pytestmark = pytest.mark.anyio
 

@@ -6,9 +6,9 @@ from contextlib import AsyncExitStack
 
 import anyio
 import pytest
-from coordkit.recipes.group import Group
 
 import coordkit
+from coordkit.recipes.group import Group
 
 pytestmark = pytest.mark.anyio
 

@@ -13,12 +13,12 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from coordkit.recipes.base import SequentialLock, wait_until
-from coordkit.recipes.lock import Lock
 
 import coordkit
 from coordkit import Capability, Client, ConnectionLostError, LockLostError, SessionExpiredError
 from coordkit.plugins import get_plugin_manager, native_recipe
+from coordkit.recipes.base import SequentialLock, wait_until
+from coordkit.recipes.lock import Lock
 
 pytestmark = pytest.mark.anyio
 

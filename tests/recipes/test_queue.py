@@ -7,9 +7,9 @@ from contextlib import AsyncExitStack
 
 import anyio
 import pytest
-from coordkit.recipes.queue import Queue, QueueItem
 
 import coordkit
+from coordkit.recipes.queue import Queue, QueueItem
 
 pytestmark = pytest.mark.anyio
 

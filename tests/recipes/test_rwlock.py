@@ -10,12 +10,12 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import anyio
 import anyio.lowlevel
 import pytest
-from coordkit.recipes.base import SequentialLock, list_contenders, wait_until
-from coordkit.recipes.lock import Lock
-from coordkit.recipes.rwlock import ReadWriteLock
 
 import coordkit
 from coordkit import Client
+from coordkit.recipes.base import SequentialLock, list_contenders, wait_until
+from coordkit.recipes.lock import Lock
+from coordkit.recipes.rwlock import ReadWriteLock
 
 pytestmark = pytest.mark.anyio
 

@@ -11,11 +11,11 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from coordkit.recipes.base import list_contenders, wait_until
-from coordkit.recipes.semaphore import Semaphore
 
 import coordkit
 from coordkit import Capability, Client, InvalidArgumentError, LockLostError
+from coordkit.recipes.base import list_contenders, wait_until
+from coordkit.recipes.semaphore import Semaphore
 
 pytestmark = pytest.mark.anyio
 

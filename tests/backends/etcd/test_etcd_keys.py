@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from coordkit.backends.etcd_keys import KeyLayout, depth, prefix_end
 
+from coordkit.backends.etcd_keys import KeyLayout, depth, prefix_end
 from coordkit.errors import ConfigurationError
 
 

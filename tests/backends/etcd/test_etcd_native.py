@@ -9,12 +9,12 @@ from urllib.parse import urlsplit
 import anyio
 import pytest
 from anyio.abc import Process
-from coordkit.backends.etcd_native import EtcdElection, EtcdLock
-from coordkit.recipes.lock import Lock
 from etcd_servers import ETCDCTL, EtcdCluster
 
 import coordkit
 import coordkit.plugins
+from coordkit.backends.etcd_native import EtcdElection, EtcdLock
+from coordkit.recipes.lock import Lock
 
 pytestmark = [pytest.mark.anyio, pytest.mark.etcd]
 

@@ -6,11 +6,11 @@ from urllib.parse import urlsplit
 
 import anyio
 import pytest
-from coordkit.recipes.lock import Lock
 from etcd_servers import EtcdCluster
 
 import coordkit
 from coordkit import EventType
+from coordkit.recipes.lock import Lock
 
 pytestmark = [pytest.mark.anyio, pytest.mark.etcd]
 

@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from coordkit.backends.raft.messages import Entry
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sim.invariants import SafetyChecker, SafetyViolation
 from sim.linearizability import Operation, check_history, check_key
 from sim.schedule import run_schedule
+
+from coordkit.backends.raft.messages import Entry
 
 INF = float("inf")
 

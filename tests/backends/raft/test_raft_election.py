@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from sim.cluster import Cluster
+from sim.network import NetConfig
+
 from coordkit.backends.raft.config import RaftConfig
 from coordkit.backends.raft.errors import ProposalDroppedError
 from coordkit.backends.raft.messages import Role
-from sim.cluster import Cluster
-from sim.network import NetConfig
 
 ELECTION_MS = 200  # election_tick 10 x 10 ms ticks, randomized up to twice that
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from sim.direct import DirectCluster
+
 from coordkit.backends.raft.config import RaftConfig
 from coordkit.backends.raft.messages import Message, MessageType
-from sim.direct import DirectCluster
 
 
 def _apps_to(c: DirectCluster, to: str, since: int = 0) -> list[Message]:

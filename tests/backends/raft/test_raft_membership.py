@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from coordkit.backends.raft.config import RaftConfig
-from coordkit.backends.raft.errors import ConfChangeError
-from coordkit.backends.raft.messages import ConfChangeType, MessageType, Role
 from sim.cluster import Cluster
 from sim.direct import DirectCluster
 from sim.linearizability import check_history
+
+from coordkit.backends.raft.config import RaftConfig
+from coordkit.backends.raft.errors import ConfChangeError
+from coordkit.backends.raft.messages import ConfChangeType, MessageType, Role
 
 
 def _change(cluster: Cluster, change: ConfChangeType, node: str, timeout_ms: int = 3000) -> None:

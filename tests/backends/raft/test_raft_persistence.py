@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from coordkit.backends.raft.config import RaftConfig
-from coordkit.backends.raft.messages import Message, MessageType
 from sim.cluster import Cluster
 from sim.direct import DirectCluster, within
 from sim.linearizability import check_history
 from sim.network import NetConfig
+
+from coordkit.backends.raft.config import RaftConfig
+from coordkit.backends.raft.messages import Message, MessageType
 
 
 def test_persist_full_restarts() -> None:

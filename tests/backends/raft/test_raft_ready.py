@@ -5,8 +5,9 @@ from __future__ import annotations
 import random
 
 import pytest
-from coordkit.backends.raft import ConfState, MemoryStorage, RaftConfig, RaftCore, Role
 from sim.direct import DirectCluster
+
+from coordkit.backends.raft import ConfState, MemoryStorage, RaftConfig, RaftCore, Role
 
 
 def test_a_single_node_commits_only_what_it_has_persisted() -> None:

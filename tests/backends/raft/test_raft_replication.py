@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from coordkit.backends.raft.config import RaftConfig
-from coordkit.backends.raft.errors import ProposalDroppedError
-from coordkit.backends.raft.messages import MessageType, Role
 from sim.cluster import Cluster
 from sim.linearizability import check_history
 from sim.network import NetConfig
+
+from coordkit.backends.raft.config import RaftConfig
+from coordkit.backends.raft.errors import ProposalDroppedError
+from coordkit.backends.raft.messages import MessageType, Role
 
 
 def test_basic_agreement() -> None:

@@ -1,0 +1,89 @@
+"""The coordkit command line, run in-process against a memory store."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from coordkit.cli import main
+
+
+@pytest.fixture
+def url() -> str:
+    return f"memory://cli-{uuid.uuid4().hex}"
+
+
+def test_put_get_ls_rm_round_trip(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--url", url, "put", "/app/config", "hello"]) == 0
+    assert main(["--url", url, "put", "/app/other", "x"]) == 0
+    assert main(["--url", url, "get", "/app/config", "--stat"]) == 0
+    out = capsys.readouterr().out
+    assert "hello" in out and "version=0" in out
+    assert main(["--url", url, "put", "/app/config", "v2", "--version", "0"]) == 0
+    assert main(["--url", url, "ls", "/app"]) == 0
+    assert capsys.readouterr().out.splitlines()[-2:] == ["config", "other"]
+    assert main(["--url", url, "rm", "-r", "/app"]) == 0
+    assert main(["--url", url, "get", "/app/config"]) == 1
+    assert "no node /app/config" in capsys.readouterr().err
+
+
+def test_bad_version_is_an_error_exit(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--url", url, "put", "/k", "a"]) == 0
+    assert main(["--url", url, "put", "/k", "b", "--version", "7"]) == 1
+    assert "BadVersionError" in capsys.readouterr().err
+
+
+def test_invalid_path_and_unknown_scheme_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--url", "memory://cli-bad", "get", "relative"]) == 2
+    assert "absolute" in capsys.readouterr().err
+    assert main(["--url", "nosuch://x", "status"]) == 2
+    assert "installed schemes" in capsys.readouterr().err
+
+
+def test_watch_replays_history_from_a_revision(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for value in ("a", "b", "c"):
+        assert main(["--url", url, "put", "/w", value]) == 0
+    capsys.readouterr()
+    assert main(["--url", url, "watch", "/w", "--from-revision", "1", "--count", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[1:] for line in lines] == [
+        ["created", "/w", "a"],
+        ["updated", "/w", "b"],
+        ["updated", "/w", "c"],
+    ]
+
+
+def test_status_reports_the_revision(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--url", url, "put", "/s", "1"]) == 0
+    assert main(["--url", url, "status"]) == 0
+    out = capsys.readouterr().out
+    assert "backend:  memory" in out and "revision: 1" in out
+
+
+def test_lock_passes_the_command_exit_status_and_releases(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        ["--url", url, "lock", "/locks/job", "--", sys.executable, "-c", "raise SystemExit(3)"]
+    )
+    assert code == 3  # the command's own exit status
+    capsys.readouterr()
+    assert main(["--url", url, "ls", "/locks/job"]) == 0
+    assert capsys.readouterr().out == ""  # no lock node left behind
+
+
+def test_console_script_is_installed() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "coordkit.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0
+    for command in ("demo", "status", "get", "put", "ls", "rm", "watch", "lock"):
+        assert command in done.stdout
