@@ -66,6 +66,7 @@ class EtcdBackend(Backend):
             Capability.TXN_REVISION_COMPARE,
             Capability.ABORT,
             Capability.EXPIRE_SESSION,
+            Capability.DENSE_REVISIONS,
         }
     )
 

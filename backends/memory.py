@@ -157,6 +157,7 @@ class MemoryBackend(Backend):
             Capability.TXN_REVISION_COMPARE,
             Capability.ABORT,
             Capability.EXPIRE_SESSION,
+            Capability.DENSE_REVISIONS,
         }
     )
 

@@ -69,6 +69,11 @@ class Capability(enum.Enum):
     ABORT = "abort"
     #: a client can force its own session to expire (fault tests).
     EXPIRE_SESSION = "expire_session"
+    #: the revision moves only when the tree changes: a failed operation, a
+    #: session opening or a keepalive never consumes one. (Revisions always
+    #: strictly increase; without this capability they may skip numbers, as
+    #: ZooKeeper's zxid does for failed writes and session events.)
+    DENSE_REVISIONS = "dense_revisions"
 
 
 @dataclass(frozen=True, slots=True)
