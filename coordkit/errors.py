@@ -21,6 +21,7 @@ __all__ = [
     "NodeExistsError",
     "NotEmptyError",
     "OperationTimeoutError",
+    "RecipeStateError",
     "SessionExpiredError",
     "UnsupportedError",
     "ValueTooLargeError",
@@ -115,3 +116,8 @@ class ClientClosedError(CoordkitError):
 
 class LockLostError(CoordkitError):
     """A held lock, semaphore lease or leadership was lost (usually: session expired)."""
+
+
+class RecipeStateError(CoordkitError, RuntimeError):
+    """A recipe object was used out of turn: releasing a lock it does not hold,
+    acquiring again without ``reentrant=True``, entering a barrier twice."""

@@ -23,6 +23,7 @@ from coordkit import (
     InvalidArgumentError,
     NodeExistsError,
     NoNodeError,
+    RecipeStateError,
     WrongTypeError,
 )
 from coordkit.paths import check_path, join
@@ -130,7 +131,7 @@ class DoubleBarrier:
         case (as on cancellation or error) our participant node is removed.
         """
         if self.participating:
-            raise RuntimeError(f"already entered the double barrier {self.path}")
+            raise RecipeStateError(f"already entered the double barrier {self.path}")
         entered = False
         try:
             with anyio.move_on_after(timeout):

@@ -29,6 +29,7 @@ from coordkit import (
     EventType,
     LockLostError,
     NoNodeError,
+    RecipeStateError,
     Session,
     SessionExpiredError,
     WrongTypeError,
@@ -342,7 +343,7 @@ class SequentialLock(abc.ABC):
     async def wait_lost(self) -> None:
         """Return once the session it is held under ends (the lock is then lost)."""
         if self._session is None or self._node is None:
-            raise RuntimeError(f"{type(self).__name__} on {self.path} is not held")
+            raise RecipeStateError(f"{type(self).__name__} on {self.path} is not held")
         await self._session.wait_lost()
 
     async def contenders(self) -> list[str]:
@@ -366,14 +367,16 @@ class SequentialLock(abc.ABC):
         """
         if self._node is not None:
             if not self.reentrant:
-                raise RuntimeError(
+                raise RecipeStateError(
                     f"{type(self).__name__} on {self.path} is already held by this object "
                     "(pass reentrant=True to count nested acquisitions)"
                 )
             self._count += 1
             return True
         if self._acquiring:
-            raise RuntimeError(f"{type(self).__name__} on {self.path} is already being acquired")
+            raise RecipeStateError(
+                f"{type(self).__name__} on {self.path} is already being acquired"
+            )
         self._acquiring = True
         self._lost = False
         prefix = uuid.uuid4().hex + self.marker
@@ -435,10 +438,10 @@ class SequentialLock(abc.ABC):
         Safe after the session was lost (the node is already gone) and shielded
         from cancellation. If the backend stays unreachable for the client's
         operation timeout the node is left to go with the session.
-        Raises RuntimeError if this object does not hold it.
+        Raises RecipeStateError if this object does not hold it.
         """
         if self._node is None:
-            raise RuntimeError(f"{type(self).__name__} on {self.path} is not held")
+            raise RecipeStateError(f"{type(self).__name__} on {self.path} is not held")
         self._count -= 1
         if self._count > 0:
             return

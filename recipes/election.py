@@ -102,7 +102,7 @@ class Election:
         return self._candidacy.lost
 
     async def wait_lost(self) -> None:
-        """Return once leadership is lost (the session ended); RuntimeError if not leading."""
+        """Return once leadership is lost (the session ended); RecipeStateError if not leading."""
         await self._candidacy.wait_lost()
 
     # -- campaigning -----------------------------------------------------------------
@@ -111,7 +111,7 @@ class Election:
         """Enter the election and return once this candidate leads.
 
         Bound it with ``anyio.fail_after``/``move_on_after``: cancellation
-        withdraws the candidacy. RuntimeError if this object already leads.
+        withdraws the candidacy. RecipeStateError if this object already leads.
         """
         await self._candidacy.acquire()
 

@@ -47,7 +47,7 @@ class Lock(SequentialLock):
 
     ``reentrant=True`` lets this object acquire again while it holds the lock,
     counting levels (the count belongs to the object, not to a task); without
-    it a second :meth:`acquire` raises RuntimeError. On a backend whose plugin
+    it a second :meth:`acquire` raises RecipeStateError. On a backend whose plugin
     supplies a native lock (etcd's, interoperable with ``etcdctl lock``),
     ``Lock(...)`` returns that class instead, with the same interface.
     """

@@ -36,7 +36,7 @@ class Semaphore(SequentialLock):
     leases granted in the order contenders queued; :attr:`token` is the
     lease node's create revision (increasing in queue order); a cancelled,
     failed or timed-out :meth:`acquire` leaves no node behind. One object
-    holds at most one lease (a second :meth:`acquire` raises RuntimeError).
+    holds at most one lease (a second :meth:`acquire` raises RecipeStateError).
 
     Every client must pass the same ``max_leases`` for a path: the first
     one records it on the path node and a different value raises
