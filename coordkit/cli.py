@@ -1,4 +1,4 @@
-"""The ``coordkit`` command line: ``demo``, ``status``, ``get/put/ls/rm/watch``, ``lock``.
+"""The ``coordkit`` command line: demo, status, get/put/ls/rm/watch, lock, elect.
 
 ``--url`` (or ``COORDKIT_URL``, or the config files) picks the backend, as for
 :func:`coordkit.connect`. Exit status: 0 on success, 1 when the operation
@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import aclosing
 from typing import Any
 
 import anyio
@@ -58,10 +61,29 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("--from-revision", type=int, help="replay history from this revision")
     watch.add_argument("--count", type=int, help="stop after this many events")
 
-    lock = sub.add_parser("lock", help="run a command while holding a lock")
+    lock = sub.add_parser(
+        "lock",
+        help="run a command while holding a lock",
+        usage="coordkit lock NAME [--timeout S] -- CMD [ARG ...]",
+    )
     lock.add_argument("name", help="lock path, e.g. /locks/nightly")
     lock.add_argument("--timeout", type=float, help="give up after this many seconds")
-    lock.add_argument("cmd", nargs=argparse.REMAINDER, help="-- command and arguments")
+
+    elect = sub.add_parser(
+        "elect",
+        help="campaign, then run a command (or wait) while leading; or --listen",
+        usage="coordkit elect NAME [--identity ID] [--timeout S] [-- CMD [ARG ...]]\n"
+        "       coordkit elect NAME --listen [--count N]",
+    )
+    elect.add_argument("name", help="election path, e.g. /election/scheduler")
+    elect.add_argument(
+        "--identity",
+        default=f"{socket.gethostname()}-{os.getpid()}",
+        help="what others see as the leader (default: host-pid)",
+    )
+    elect.add_argument("--listen", action="store_true", help="print each leader, do not campaign")
+    elect.add_argument("--count", type=int, help="with --listen: stop after this many leaders")
+    elect.add_argument("--timeout", type=float, help="give up campaigning after this many seconds")
     return parser
 
 
@@ -130,35 +152,79 @@ async def _watch(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _lock(client: Client, args: argparse.Namespace) -> int:
+def _recipe(name: str) -> Any:
     # The CLI sits above the recipes layer (installed as coordkit.recipes from recipes/).
-    Lock = importlib.import_module("coordkit.recipes").Lock
+    return getattr(importlib.import_module("coordkit.recipes"), name)
 
-    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    if not cmd:
+
+def _command(args: argparse.Namespace, *, required: bool) -> list[str]:
+    cmd: list[str] = args.cmd
+    if required and not cmd:
         raise InvalidArgumentError("give the command to run after --")
-    lock = Lock(client, args.name)
+    return cmd
+
+
+async def _while_held(held: Any, what: str, cmd: list[str]) -> int:
+    """Run ``cmd`` (or, without one, wait) while ``held`` is held; stop it if that is lost.
+
+    The exit status is the command's own, or 1 when the lock or leadership was
+    lost first (another holder may be running by then).
+    """
+    outcome: list[int] = []
+    async with anyio.create_task_group() as tg:
+
+        async def cancel_on_loss() -> None:
+            await held.wait_lost()
+            print(f"lost {what}: stopping", file=sys.stderr)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(cancel_on_loss)
+        if cmd:
+            done = await anyio.run_process(cmd, stdin=None, stdout=None, stderr=None, check=False)
+            outcome.append(done.returncode)
+        else:
+            await anyio.sleep_forever()  # until interrupted, or the loss above
+        tg.cancel_scope.cancel()
+    return outcome[0] if outcome else 1
+
+
+async def _lock(client: Client, args: argparse.Namespace) -> int:
+    cmd = _command(args, required=True)
+    lock = _recipe("Lock")(client, args.name)
     if not await lock.acquire(timeout=args.timeout):
         print(f"timed out waiting for {args.name}", file=sys.stderr)
         return 1
     try:
-        # The command runs while we hold the lock; if the lock is lost, the
-        # `async with`-free form here kills the command through cancellation.
-        async with anyio.create_task_group() as tg:
-
-            async def cancel_on_loss() -> None:
-                await lock.wait_lost()
-                print(f"lost {args.name}: stopping the command", file=sys.stderr)
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(cancel_on_loss)
-            result = await anyio.run_process(cmd, stdin=None, stdout=None, stderr=None, check=False)
-            tg.cancel_scope.cancel()
-        return int(result.returncode)
+        return await _while_held(lock, args.name, cmd)
     finally:
         with anyio.CancelScope(shield=True):
             if lock.is_held:
                 await lock.release()
+
+
+async def _elect(client: Client, args: argparse.Namespace) -> int:
+    election = _recipe("Election")(client, args.name, args.identity)
+    if args.listen:
+        seen = 0
+        async with aclosing(election.observe()) as leaders:
+            async for leader in leaders:
+                print("(no leader)" if leader is None else leader, flush=True)
+                seen += 1
+                if args.count is not None and seen >= args.count:
+                    break
+        return 0
+    cmd = _command(args, required=False)
+    with anyio.move_on_after(args.timeout):
+        await election.campaign()
+    if not election.is_leader:
+        print(f"timed out campaigning in {args.name}", file=sys.stderr)
+        return 1
+    print(f"leading {args.name} as {args.identity} (token {election.token})", flush=True)
+    try:
+        return await _while_held(election, f"leadership of {args.name}", cmd)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await election.resign()
 
 
 _COMMANDS: dict[str, Callable[[Client, argparse.Namespace], Awaitable[int]]] = {
@@ -169,6 +235,7 @@ _COMMANDS: dict[str, Callable[[Client, argparse.Namespace], Awaitable[int]]] = {
     "rm": _rm,
     "watch": _watch,
     "lock": _lock,
+    "elect": _elect,
 }
 
 
@@ -179,7 +246,17 @@ async def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``coordkit`` console script."""
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first "--" is the command of `lock` / `elect`, untouched.
+    cmd: list[str] = []
+    if "--" in argv:
+        at = argv.index("--")
+        argv, cmd = argv[:at], argv[at + 1 :]
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if cmd and args.command not in ("lock", "elect"):
+        parser.error(f"'{args.command}' takes no command after --")
+    args.cmd = cmd
     try:
         if args.command == "demo":
             from . import demo

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import uuid
 
+import anyio
 import pytest
 
 from coordkit.cli import main
@@ -87,3 +88,51 @@ def test_console_script_is_installed() -> None:
     assert done.returncode == 0
     for command in ("demo", "status", "get", "put", "ls", "rm", "watch", "lock"):
         assert command in done.stdout
+
+
+def test_elect_runs_the_command_while_leading_then_resigns(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "--url",
+            url,
+            "elect",
+            "/election/job",
+            "--identity",
+            "worker-a",
+            "--",
+            sys.executable,
+            "-c",
+            "raise SystemExit(4)",
+        ]
+    )
+    assert code == 4
+    out = capsys.readouterr().out
+    assert "leading /election/job as worker-a (token " in out
+    assert main(["--url", url, "elect", "/election/job", "--listen", "--count", "1"]) == 0
+    assert capsys.readouterr().out == "(no leader)\n"  # the candidacy went with the command
+
+
+@pytest.mark.anyio
+async def test_a_lost_lock_stops_the_command(url: str) -> None:
+    import coordkit
+    from coordkit.cli import _while_held
+    from coordkit.recipes import Lock
+
+    async with coordkit.connect(url) as client:
+        lock = Lock(client, "/locks/long")
+        assert await lock.acquire()
+        sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+        with anyio.fail_after(20):  # far less than the command's 60 s: it was stopped
+            async with anyio.create_task_group() as tg:
+                outcome: list[int] = []
+
+                async def run() -> None:
+                    outcome.append(await _while_held(lock, "/locks/long", sleeper))
+
+                tg.start_soon(run)
+                await anyio.wait_all_tasks_blocked()
+                await client.expire_session()
+        assert outcome == [1]
+        assert lock.lost
