@@ -180,7 +180,10 @@ async def _while_held(held: Any, what: str, cmd: list[str]) -> int:
 
         tg.start_soon(cancel_on_loss)
         if cmd:
-            done = await anyio.run_process(cmd, stdin=None, stdout=None, stderr=None, check=False)
+            env = {**os.environ, "COORDKIT_FENCING_TOKEN": str(held.token)}
+            done = await anyio.run_process(
+                cmd, stdin=None, stdout=None, stderr=None, check=False, env=env
+            )
             outcome.append(done.returncode)
         else:
             await anyio.sleep_forever()  # until interrupted, or the loss above

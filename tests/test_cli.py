@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import uuid
@@ -91,7 +92,7 @@ def test_console_script_is_installed() -> None:
 
 
 def test_elect_runs_the_command_while_leading_then_resigns(
-    url: str, capsys: pytest.CaptureFixture[str]
+    url: str, capfd: pytest.CaptureFixture[str]
 ) -> None:
     code = main(
         [
@@ -104,14 +105,16 @@ def test_elect_runs_the_command_while_leading_then_resigns(
             "--",
             sys.executable,
             "-c",
-            "raise SystemExit(4)",
+            "import os; print('token', os.environ['COORDKIT_FENCING_TOKEN']); raise SystemExit(4)",
         ]
     )
     assert code == 4
-    out = capsys.readouterr().out
-    assert "leading /election/job as worker-a (token " in out
+    out = capfd.readouterr().out
+    token = re.search(r"leading /election/job as worker-a \(token (\d+)\)", out)
+    assert token is not None, out
+    assert f"token {token[1]}\n" in out  # what the command found in its environment
     assert main(["--url", url, "elect", "/election/job", "--listen", "--count", "1"]) == 0
-    assert capsys.readouterr().out == "(no leader)\n"  # the candidacy went with the command
+    assert capfd.readouterr().out == "(no leader)\n"  # the candidacy went with the command
 
 
 @pytest.mark.anyio
