@@ -35,6 +35,7 @@ from coordkit.errors import (
     NodeExistsError,
     NoNodeError,
     OperationTimeoutError,
+    SessionExpiredError,
 )
 from coordkit.model import Capability, Event, Node, Status
 from coordkit.paths import join
@@ -76,6 +77,8 @@ class ZooKeeperBackend(Backend):
         self._watches: WatchRegistry | None = None
         self._zxid_at_suspend = 0
         self._closed = False
+        #: set while a live session is in place; cleared from expiry until kazoo's new one.
+        self._session_ready = anyio.Event()
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -107,6 +110,7 @@ class ZooKeeperBackend(Backend):
                 f"cannot connect to ZooKeeper at {self._hosts}: {exc}"
             ) from exc
         self._session = Session(client.client_id[0], self._options.session_ttl)
+        self._session_ready.set()
         if self._chroot:
             await self._ensure_chroot()
             client.chroot = self._chroot
@@ -203,14 +207,29 @@ class ZooKeeperBackend(Backend):
             session.mark_suspended()
         elif state == KazooState.LOST:
             session.mark_lost()
+            if self._session_ready.is_set():
+                self._session_ready = anyio.Event()
         elif state == KazooState.CONNECTED and session_id is not None:
             if session_id == session.id and not session.lost:
                 session.mark_connected()
             elif session_id != session.id:
                 session.mark_lost()
                 self._session = Session(session_id, self._options.session_ttl)
+                self._session_ready.set()
 
     # -- calling kazoo -------------------------------------------------------
+
+    async def _live(self) -> Any:
+        """The kazoo client, once a session is in place (after an expiry, the new one)."""
+        if self._kazoo is None or self._closed:
+            raise ConnectionLostError("the ZooKeeper backend is closed")
+        if not self._session_ready.is_set():
+            try:
+                with anyio.fail_after(self._options.timeout):
+                    await self._session_ready.wait()
+            except TimeoutError as exc:
+                raise SessionExpiredError("no new ZooKeeper session in time") from exc
+        return self._kazoo
 
     async def _call(self, request: Any) -> Any:
         """Await one sent kazoo request, mapping errors; bounded by the timeout."""
@@ -228,6 +247,7 @@ class ZooKeeperBackend(Backend):
 
     async def _retrying(self, read: Callable[[], Awaitable[T]]) -> T:
         """Run an idempotent read, retrying across connection loss until the timeout."""
+        await self._live()
         with anyio.fail_after(self._options.timeout):
             while True:
                 try:
@@ -245,6 +265,7 @@ class ZooKeeperBackend(Backend):
     async def create(
         self, path: str, value: bytes, *, ephemeral: bool, sequential: bool, make_parents: bool
     ) -> Node:
+        await self._live()
         owner = self.session.id if ephemeral else None
         while True:
             missing = await self._missing_ancestors(path) if make_parents else []
@@ -271,7 +292,9 @@ class ZooKeeperBackend(Backend):
                 zxid = result.zxid
                 return Node(replies[-1], value, zxid, zxid, 0, owner, 0)
             index, error = errors[0]
-            if index == len(missing):
+            if index == len(missing) or not isinstance(error, kx.NodeExistsError | kx.NoNodeError):
+                # The node's own error, or an ancestor's that no retry changes (an
+                # ephemeral ancestor: NoChildrenForEphemerals). The multi changed nothing.
                 raise map_error(error)
             # An ancestor appeared or vanished meanwhile: look again.
 
@@ -306,11 +329,13 @@ class ZooKeeperBackend(Backend):
         return await self._retrying(read)
 
     async def set(self, path: str, value: bytes, *, version: int | None) -> Node:
+        await self._live()
         expected = -1 if version is None else version
         stat = await self._call(self._kazoo.set_async(path, value, expected))
         return node_from_stat(path, value, stat)
 
     async def delete(self, path: str, *, version: int | None, recursive: bool) -> None:
+        await self._live()
         expected = -1 if version is None else version
         if not recursive:
             await self._call(self._kazoo.delete_async(path, expected))
@@ -369,6 +394,7 @@ class ZooKeeperBackend(Backend):
     async def txn(
         self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op]
     ) -> TxnResult:
+        await self._live()
         try:
             with anyio.fail_after(self._options.timeout):
                 return await run_txn(
@@ -388,7 +414,7 @@ class ZooKeeperBackend(Backend):
     async def _watch(self, path: str, recursive: bool) -> AsyncIterator[AsyncIterator[Event]]:
         if self._watches is None or self._closed:
             raise ConnectionLostError("the ZooKeeper backend is closed")
-        stream = WatchStream(self._kazoo, self._bridge, path, recursive)
+        stream = WatchStream(await self._live(), self._bridge, path, recursive)
         try:
             with anyio.fail_after(self._options.timeout):
                 await self._watches.add(stream)

@@ -4,31 +4,41 @@ A ZooKeeper notification says only *what kind* of change hit *which path*:
 no zxid, no data (servers before 3.9 send no zxid at all). So every
 notification is turned into an :class:`Event` by reading the node, and the
 read is sent *on the connection thread the moment the notification arrives*,
-before any later reply is processed. On one connection the server answers in
-order, so that read sees the state right after the change unless the node
-changed again in between, and every notification of such a later change is
-already queued when the read's answer arrives. That lets each event be
-checked against what follows it:
+before any later reply is processed. Each reply is tagged with the number of
+notifications received before it (``notified``): on one connection the server
+answers in order, so every change the read may already include has its
+notification queued by the time the answer is looked at. A record whose read
+*covers* a later notification of the same path is folded into that later one;
+the last one of a run reads exactly the state its own change produced:
 
-* ``CREATED``: the node as read; revision = its ``czxid`` (exact). If the node
-  is already gone again (or a later delete of it is queued), the create and
-  its delete are both dropped: the node was transient.
-* ``UPDATED``: the node as read; revision = its ``mzxid``. If a later change
-  of the same node is queued, this event is folded into that one (one event,
-  the later state, its exact revision).
-* ``DELETED``: the last state this watch delivered (or None); revision = the
-  ``pzxid`` of the nearest existing ancestor, exact unless a sibling was
-  created or deleted before the read (then the previous event's revision).
+* ``CREATED``/``UPDATED``: the node as read, revision = its ``mzxid`` (exact).
+  A create folded into later updates is delivered as one ``CREATED`` carrying
+  the later state (its ``create_revision`` is older than the event's
+  revision). ``num_children`` is the count right after the change: read,
+  minus/plus the creates/deletes of children the read already included (known
+  exactly on a recursive watch; a node watch reports 0 for a create and the
+  count as read for an update when children changed in between).
+* ``DELETED``: the last state delivered if no update of it was folded since
+  (else ``None``); revision = the ``pzxid`` of the nearest existing ancestor,
+  read right after the notification. If the read already included later
+  changes in the watch's scope, the event is held until the next event is
+  built and its revision is capped just below that event's (exact) revision.
+  Consecutive deletes whose reads saw the same ancestor state share one
+  revision (the deletes of one transaction: a recursive delete, a session's
+  ephemeral nodes).
+* A node created and deleted again before its read answers yields no event.
 
 Guarantees: events arrive in ZooKeeper's order, revisions never decrease, no
-event is delivered twice, the node state of every ``CREATED``/``UPDATED`` is
-a real state with its real revision. Not guaranteed: intermediate values of
-a node that changes again before its notification is processed are folded
-into the later one, and a delete's revision may be reported as the previous
-event's. Persistent watches do not survive a session; after a reconnection
-with the same session the watch is re-added and the subtree is checked for
-changes made while disconnected: if there were any, the stream raises
-:class:`ConnectionLostError` instead of silently missing them.
+event is delivered twice, every ``CREATED``/``UPDATED`` carries a real state
+with its real revision, and the last event of a node is its current state.
+Not guaranteed (ZooKeeper keeps no history to read it from): an intermediate
+state overwritten before the watcher's read reaches the server is folded
+into the later one, and a delete's revision is exact only when nothing else
+in the same parent changed before its read. Persistent watches do not
+survive a session; after a reconnection with the same session the watch is
+re-added and the subtree is checked for changes made while disconnected: if
+there were any, the stream raises :class:`ConnectionLostError` instead of
+silently missing them.
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ import collections
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -110,9 +120,16 @@ class WatchStream:
         self._records: collections.deque[_Record] = collections.deque()
         self._wakeup = anyio.Event()
         self._failure: CoordkitError | None = None
+        #: the last state delivered per path, while it is known to be current.
         self._delivered: dict[str, Node] = {}
         self._delivered_revision: dict[str, int] = {}
-        self._transient: set[str] = set()
+        #: paths whose CREATED was folded into a later record not yet delivered.
+        self._pending_create: set[str] = set()
+        #: deletes waiting for the next event to cap their revision: (event, cover seq).
+        self._held: list[tuple[Event, int]] = []
+        self._ready: collections.deque[Event] = collections.deque()
+        #: (ancestor, pzxid, cversion) read for the last delete, and its revision.
+        self._last_delete: tuple[tuple[str, int, int], int] | None = None
         self.last_revision = 0
 
     # -- called on kazoo's connection thread -------------------------------
@@ -152,20 +169,21 @@ class WatchStream:
             self._failure = error
         self._wakeup.set()
 
-    async def _next_record(self) -> _Record:
+    async def _next_record(self) -> _Record | None:
+        """The oldest queued record; None once the stream failed and nothing is queued."""
         while True:
             with self._lock:
                 if self._records:
                     return self._records[0]
             if self._failure is not None:
-                raise self._failure
+                return None
             self._wakeup = anyio.Event()
             with self._lock:
                 if self._records:
                     continue
             await self._wakeup.wait()
 
-    def _later(self, record: _Record, result: Any) -> list[_Record]:
+    def _covered(self, record: _Record, result: Any) -> list[_Record]:
         """The notifications after ``record`` that arrived before ``result``'s answer."""
         seen = getattr(result, "notified", None)
         with self._lock:
@@ -178,21 +196,63 @@ class WatchStream:
                 and (seen is None or r.seq <= seen)
             ]
 
+    def _queued_up_to(self, seq: int) -> bool:
+        """Whether a notification numbered ``seq`` or lower is still queued."""
+        with self._lock:
+            return any(r.kind != _RESYNC and r.seq <= seq for r in self._records)
+
     def __aiter__(self) -> AsyncIterator[Event]:
         return self
 
     async def __anext__(self) -> Event:
-        while True:
+        while not self._ready:
             record = await self._next_record()
-            event = await self._build(record)
+            if record is None:
+                self._release_held(None)
+                if self._ready:
+                    break
+                assert self._failure is not None
+                raise self._failure
+            event, cover = await self._build(record)
             with self._lock:
                 self._records.popleft()
-            if event is not None:
-                revision = max(event.revision, self.last_revision)
-                self.last_revision = revision
-                if revision != event.revision:
-                    event = Event(event.type, event.path, event.node, revision)
-                return event
+            if event is not None and event.type is EventType.DELETED and cover:
+                self._held.append((event, cover))
+            elif event is not None:
+                self._release_held(event)
+                self._emit(event)
+            if self._held and not self._queued_up_to(max(c for _, c in self._held)):
+                # Everything the delete's read included produced no event: its
+                # pzxid is below any later change's zxid.
+                self._release_held(None)
+        return self._ready.popleft()
+
+    def _emit(self, event: Event) -> None:
+        revision = max(event.revision, self.last_revision)
+        self.last_revision = revision
+        if revision != event.revision:
+            event = Event(event.type, event.path, event.node, revision)
+        self._ready.append(event)
+
+    def _release_held(self, following: Event | None) -> None:
+        """Deliver the held deletes, below the revision of the ``following`` event.
+
+        A following delete that read the same ancestor state (same revision)
+        belongs to the same transaction: the held ones share its revision.
+        """
+        held, self._held = self._held, []
+        previous: int | None = None
+        assigned = 0
+        for event, _ in held:
+            revision = event.revision
+            if following is not None and revision >= following.revision:
+                same_txn = following.type is EventType.DELETED and revision == following.revision
+                if not same_txn:
+                    revision = max(self.last_revision, following.revision - 1)
+            if previous is not None and event.revision == previous:
+                revision = assigned  # same ancestor state as the delete before: one txn
+            previous, assigned = event.revision, revision
+            self._emit(Event(event.type, event.path, event.node, revision))
 
     async def _read(self, result: Any) -> Any:
         try:
@@ -202,64 +262,73 @@ class WatchStream:
         except Exception as exc:
             raise map_error(exc) from exc
 
-    async def _build(self, record: _Record) -> Event | None:
+    async def _build(self, record: _Record) -> tuple[Event | None, int]:
+        """The event of ``record`` (None if folded) and, for an uncertain delete, its cover."""
         if record.kind == _RESYNC:
             await self._check_gap(record.since_zxid)
-            return None
+            return None, 0
         if record.kind == DELETED_EVENT:
             return await self._build_deleted(record)
+        path = record.path
         found = await self._read(record.node_read)
-        later_same = [r for r in self._later(record, record.node_read) if r.path == record.path]
-        path = record.path
-        if found is None:
+        covered = self._covered(record, record.node_read)
+        if any(r.path == path for r in covered) or found is None:
+            # A later change of this node is queued and the read may include
+            # it: that record delivers the state (a create stays a create).
             if record.kind == CREATED_EVENT:
-                self._transient.add(path)
-            return None
+                self._pending_create.add(path)
+            else:
+                self._delivered.pop(path, None)  # the last delivered state is stale
+            return None, 0
         value, stat = found
+        revision = stat.mzxid
+        if revision <= self._delivered_revision.get(path, 0):
+            return None, 0  # delivered already
+        created = record.kind == CREATED_EVENT or path in self._pending_create
+        self._pending_create.discard(path)
+        children = stat.numChildren
+        if stat.pzxid > revision:
+            if self.recursive:
+                # Undo the creates and deletes of children the read already included.
+                for r in covered:
+                    if r.path != path and parent(r.path) == path:
+                        if r.kind == CREATED_EVENT:
+                            children -= 1
+                        elif r.kind == DELETED_EVENT:
+                            children += 1
+            elif created and stat.pzxid > stat.czxid:
+                children = 0
         node = node_from_stat(path, value, stat)
-        if record.kind == CREATED_EVENT:
-            if any(r.kind == DELETED_EVENT for r in later_same):
-                # The node read may be a later incarnation; the create was transient.
-                self._transient.add(path)
-                return None
-            return self._deliver(EventType.CREATED, node, node.create_revision)
-        if later_same:
-            return None  # folded into the later change of this node
-        known = self._delivered.get(path)
-        if known is not None and known.create_revision != node.create_revision:
-            return None  # a later incarnation: its delete and create are queued
-        if self._delivered_revision.get(path, 0) >= node.mod_revision:
-            return None  # this state was delivered already
-        return self._deliver(EventType.UPDATED, node, node.mod_revision)
+        if children != node.num_children:
+            node = replace(node, num_children=max(children, 0))
+        self._delivered[path] = node
+        self._delivered_revision[path] = revision
+        kind = EventType.CREATED if created else EventType.UPDATED
+        return Event(kind, path, node, revision), 0
 
-    async def _build_deleted(self, record: _Record) -> Event | None:
+    async def _build_deleted(self, record: _Record) -> tuple[Event | None, int]:
         path = record.path
-        if path in self._transient:
-            self._transient.discard(path)
-            self._delivered_revision.pop(path, None)
-            return None
-        revision = self.last_revision
+        node = self._delivered.pop(path, None)
+        self._delivered_revision.pop(path, None)
+        if path in self._pending_create:
+            self._pending_create.discard(path)  # created and deleted before its read
+            return None, 0
+        revision, cover = self.last_revision, 0
         for ancestor, result in record.ancestor_reads:
             stat = await self._read(result)
             if stat is None:
                 continue
-            siblings_changed = any(
-                r.kind in (CREATED_EVENT, DELETED_EVENT) and parent(r.path) == ancestor
-                for r in self._later(record, result)
-            )
-            if not siblings_changed:
+            key = (ancestor, stat.pzxid, stat.cversion)
+            last = self._last_delete
+            if last is not None and last[0] == key:
+                revision = max(revision, last[1])  # the same ancestor state: one txn
+            else:
                 revision = max(revision, stat.pzxid)
+            self._last_delete = (key, revision)
+            if self._covered(record, result):
+                cover = getattr(result, "notified", 0)
             break
-        node = self._delivered.pop(path, None)
-        self._delivered_revision.pop(path, None)
-        return Event(EventType.DELETED, path, node, revision)
-
-    def _deliver(self, kind: EventType, node: Node, revision: int) -> Event:
-        self._delivered[node.path] = node
-        self._delivered_revision[node.path] = max(revision, node.mod_revision)
-        if kind is EventType.CREATED:
-            self._delivered_revision[node.path] = revision
-        return Event(kind, node.path, node, revision)
+        return Event(EventType.DELETED, path, node, revision), cover
 
     async def _check_gap(self, since_zxid: int) -> None:
         """Raise ConnectionLostError if the watched nodes changed after ``since_zxid``."""
