@@ -31,3 +31,21 @@ def test_quickstart_runs_on_the_default_backend() -> None:
     assert "transaction succeeded=True" in out
     assert "created  /app/member-0000000000" in out
     assert "/app/member-0000000000 after close: None" in out
+
+
+def test_recipes_tour_runs_on_the_default_backend() -> None:
+    out = run_example("recipes_tour.py")
+    assert "connected to memory://" in out
+    assert "got: resize logo.png\ngot: resize a.png\ngot: resize b.png" in out
+    assert "redelivered to another consumer: mail #1" in out
+    assert "late ack raised LockLostError (lost=True)" in out
+    # None may come first if node-b was not yet in line: the next leader is node-b.
+    failover = [ln for ln in out.splitlines() if ln.startswith("observe after node-a's session")]
+    assert len(failover) == 1 and failover[0].endswith("node-b")
+    assert "node-a's body: started -> cancelled, LockLostError raised" in out
+    assert "node-b leads with a larger token: True" in out
+    assert "in order: True, last: 14" in out
+    assert "after update(key='db/port'): {'db/host': 'db1', 'db/port': 5433}" in out
+    assert "after web-2's session expired: ['web-1']" in out
+    assert "after web-1 left: ['web-2']" in out
+    assert out.endswith("done\n")
