@@ -42,6 +42,7 @@ from coordkit.paths import join
 from coordkit.txn import Compare, Op, TxnResult
 
 from .zookeeper_kazoo import LoopBridge, instrument_connection, map_error
+from .zookeeper_paths import EscapingClient, decode_path
 from .zookeeper_txn import run_txn
 from .zookeeper_watch import (
     WatchRegistry,
@@ -99,7 +100,7 @@ class ZooKeeperBackend(Backend):
             connection_retry=KazooRetry(**retry),
             command_retry=None,
         )
-        self._kazoo = client
+        self._kazoo = EscapingClient(client)
         self._watches = WatchRegistry(client, self._bridge)
         instrument_connection(client, self._watches.on_notification)
         client.add_listener(self._on_kazoo_state)
@@ -275,7 +276,7 @@ class ZooKeeperBackend(Backend):
                         path, value, ephemeral=ephemeral, sequence=sequential, include_data=True
                     )
                 )
-                return node_from_stat(created, value, stat)
+                return node_from_stat(decode_path(created), value, stat)
             txn = self._kazoo.transaction()
             for ancestor in missing:
                 txn.create(ancestor, b"")
@@ -290,7 +291,7 @@ class ZooKeeperBackend(Backend):
             ]
             if not errors:
                 zxid = result.zxid
-                return Node(replies[-1], value, zxid, zxid, 0, owner, 0)
+                return Node(decode_path(replies[-1]), value, zxid, zxid, 0, owner, 0)
             index, error = errors[0]
             if index == len(missing) or not isinstance(error, kx.NodeExistsError | kx.NoNodeError):
                 # The node's own error, or an ancestor's that no retry changes (an
@@ -378,7 +379,7 @@ class ZooKeeperBackend(Backend):
                         return None
                     continue
                 out.append(p)
-                next_level.extend(join(p, n) for n in names)
+                next_level.extend(join(p, decode_path(n)) for n in names)
             level = next_level
         return out
 
@@ -387,7 +388,7 @@ class ZooKeeperBackend(Backend):
             if consistent:
                 await self._sync()
             names = await self._call(self._kazoo.get_children_async(path))
-            return sorted(names)
+            return sorted(decode_path(n) for n in names)
 
         return await self._retrying(read)
 

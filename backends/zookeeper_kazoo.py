@@ -42,6 +42,8 @@ from coordkit.errors import (
     SessionExpiredError,
 )
 
+from .zookeeper_paths import decode_path
+
 __all__ = [
     "AddWatch",
     "LoopBridge",
@@ -216,7 +218,7 @@ def instrument_connection(client: Any, on_notification: Callable[[int, str, int]
         watch, _ = Watch.deserialize(buffer, offset)
         seq += 1
         if not client._stopped.is_set():
-            on_notification(watch.type, client.unchroot(watch.path), seq)
+            on_notification(watch.type, decode_path(client.unchroot(watch.path)), seq)
         return read_watch_event(buffer, offset)
 
     def _read_response(header: Any, buffer: bytes, offset: int) -> Any:

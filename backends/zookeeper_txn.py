@@ -35,6 +35,7 @@ from coordkit.paths import parent
 from coordkit.txn import Compare, CreateOp, DeleteOp, GetOp, Op, SetOp, TxnResult
 
 from .zookeeper_kazoo import LoopBridge, map_error
+from .zookeeper_paths import decode_path
 from .zookeeper_watch import ancestors, node_from_stat
 
 __all__ = ["run_txn"]
@@ -191,7 +192,9 @@ def _results(
             continue
         reply = next(replies_iter)
         if isinstance(op, CreateOp):
-            node = Node(reply, op.value, zxid, zxid, 0, session_id if op.ephemeral else None, 0)
+            node = Node(
+                decode_path(reply), op.value, zxid, zxid, 0, session_id if op.ephemeral else None, 0
+            )
             state[node.path] = node
             _adjust_children(state, node.path, +1)
             out.append(node)

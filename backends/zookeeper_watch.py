@@ -67,6 +67,7 @@ from .zookeeper_kazoo import (
     RemoveWatches,
     map_error,
 )
+from .zookeeper_paths import decode_path, encode_path
 
 __all__ = ["WatchRegistry", "WatchStream", "node_from_stat"]
 
@@ -357,7 +358,7 @@ class WatchStream:
             next_level: list[str] = []
             for p, result in children_reads:
                 names = await self._read(result)
-                next_level.extend(join(p, name) for name in names or ())
+                next_level.extend(join(p, decode_path(name)) for name in names or ())
             level = next_level
         return False
 
@@ -392,6 +393,7 @@ class WatchRegistry:
 
     def _chrooted(self, path: str) -> str:
         chroot = self._client.chroot or ""
+        path = encode_path(path)
         if not chroot:
             return path
         return chroot if path == "/" else chroot + path
