@@ -43,6 +43,7 @@ __all__ = [
     "delete_nodes",
     "list_contenders",
     "native_instance",
+    "unless_session_lost",
     "wait_any_deleted",
     "wait_deleted",
     "wait_until",
@@ -127,7 +128,7 @@ async def wait_until(
                 if await check():
                     return
 
-    await _maybe_race(run, session)
+    await unless_session_lost(run, session)
 
 
 async def wait_deleted(client: Client, path: str, *, session: Session | None = None) -> None:
@@ -145,7 +146,7 @@ async def wait_deleted(client: Client, path: str, *, session: Session | None = N
                 if event.type is EventType.DELETED:
                     return
 
-    await _maybe_race(run, session)
+    await unless_session_lost(run, session)
 
 
 async def wait_any_deleted(
@@ -171,10 +172,11 @@ async def wait_any_deleted(
                 if event.type is EventType.DELETED and event.path in wanted:
                     return
 
-    await _maybe_race(run, session)
+    await unless_session_lost(run, session)
 
 
-async def _maybe_race(run: Callable[[], Awaitable[None]], session: Session | None) -> None:
+async def unless_session_lost(run: Callable[[], Awaitable[None]], session: Session | None) -> None:
+    """Run ``run()``; with ``session``, raise SessionExpiredError if it ends first."""
     if session is None:
         await run()
     else:
@@ -400,7 +402,7 @@ class SequentialLock(abc.ABC):
         node = await self._create(prefix, session)
         created.append(node.path)
         while True:
-            queue = await list_contenders(self.client, self.path, self.markers)
+            queue = await self._queue()
             names = [c.name for c in queue]
             if node.name not in names:
                 # Our node went without the session ending (someone deleted it):
@@ -415,11 +417,26 @@ class SequentialLock(abc.ABC):
                 return True
             if not blocking:
                 return False
-            if len(blockers) == 1:
-                await wait_deleted(self.client, join(self.path, blockers[0].name), session=session)
-            else:
-                names_ = [b.name for b in blockers]
-                await wait_any_deleted(self.client, self.path, names_, session=session)
+            await self._wait_gone(blockers, session)
+
+    # -- what a backend-native subclass may do faster (see coordkit_native_recipe) ------
+
+    async def _queue(self) -> list[Contender]:
+        """The queued contenders in order; called only after our own node was created.
+
+        A native subclass may serve this from a read that is not linearizable
+        as long as it reflects this client's own create (every contender
+        queued before us was created before it).
+        """
+        return await list_contenders(self.client, self.path, self.markers)
+
+    async def _wait_gone(self, blockers: list[Contender], session: Session) -> None:
+        """Return once one of ``blockers`` is gone; SessionExpiredError if ``session`` ends."""
+        if len(blockers) == 1:
+            await wait_deleted(self.client, join(self.path, blockers[0].name), session=session)
+        else:
+            names = [b.name for b in blockers]
+            await wait_any_deleted(self.client, self.path, names, session=session)
 
     async def _create(self, prefix: str, session: Session) -> Any:
         if session.lost:
