@@ -16,10 +16,12 @@ retried within the operation timeout.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import grpc
@@ -81,6 +83,7 @@ class EtcdBackend(Backend):
         self._runner: asyncio.Task[None] | None = None
         self._tg: TaskGroup | None = None
         self._last_renewed = 0.0
+        self._granting = 0  # the id of a lease being granted (revoked if open() fails)
         self._aborted = False
         self._closed = False
         self._turns: dict[str, anyio.Semaphore] = {}
@@ -91,16 +94,22 @@ class EtcdBackend(Backend):
         self._channel = EtcdChannel(self._target, self.options.timeout)
         try:
             self._session = await self._grant()
+            # The keepalive runs in a task group hosted by a task of its own, so
+            # that close() may end it from inside the client's shielded scope,
+            # and abort() from any task: neither has to exit a cancel scope
+            # entered in open().
+            started = anyio.Event()
+            self._runner = asyncio.get_running_loop().create_task(self._run(started))
+            await started.wait()
         except BaseException:
+            # Cancelled or failed half-way: leave no keepalive task, lease or channel.
             with anyio.CancelScope(shield=True):
+                await self._stop_runner()
+                await self._revoke(self._granting or (self._session.id if self._session else 0))
+                self._session = None
                 await self._channel.close()
+                self._channel = None
             raise
-        # The keepalive runs in a task group hosted by a task of its own, so that
-        # close() may end it from inside the client's shielded scope, and abort()
-        # from any task: neither has to exit a cancel scope entered in open().
-        started = anyio.Event()
-        self._runner = asyncio.get_running_loop().create_task(self._run(started))
-        await started.wait()
 
     async def _run(self, started: anyio.Event) -> None:
         async with anyio.create_task_group() as tg:
@@ -120,15 +129,10 @@ class EtcdBackend(Backend):
             return
         self._closed = True
         await self._stop_runner()
-        session, channel = self._session, self._channel
-        if session is not None and not self._aborted and channel is not None:
+        session = self._session
+        if session is not None and not self._aborted:
             # Revoking the lease deletes the session's ephemeral nodes at once.
-            with anyio.move_on_after(min(self.options.timeout, 3.0)), suppress(CoordkitError):
-                await channel.call(
-                    channel.lease.LeaseRevoke,
-                    rpc.LeaseRevokeRequest(ID=session.id),
-                    idempotent=True,
-                )
+            await self._revoke(session.id)
             session.mark_lost()
         if self._channel is not None:
             await self._channel.close()
@@ -181,13 +185,35 @@ class EtcdBackend(Backend):
     # -- sessions = leases -----------------------------------------------------
 
     async def _grant(self) -> Session:
-        reply = await self.channel.call(
-            self.channel.lease.LeaseGrant,
-            rpc.LeaseGrantRequest(TTL=ttl_seconds(self.options.session_ttl)),
-            idempotent=False,
-        )
-        self._last_renewed = time.monotonic()
-        return Session(int(reply.ID), float(reply.TTL))
+        """A new lease. We choose its id, so a grant whose answer we never saw
+        (cancelled, or the connection broke) can still be revoked by that id."""
+        while True:
+            self._granting = secrets.randbits(62) + 1
+            try:
+                reply = await self.channel.call(
+                    self.channel.lease.LeaseGrant,
+                    rpc.LeaseGrantRequest(
+                        TTL=ttl_seconds(self.options.session_ttl), ID=self._granting
+                    ),
+                    idempotent=False,
+                )
+            except CoordkitError as exc:
+                if "lease already exists" in str(exc):
+                    continue  # someone holds that id: pick another
+                raise
+            self._granting = 0
+            self._last_renewed = time.monotonic()
+            return Session(int(reply.ID), float(reply.TTL))
+
+    async def _revoke(self, lease_id: int) -> None:
+        """Revoke a lease (best effort, bounded): its keys go at once."""
+        if not lease_id or self._channel is None:
+            return
+        channel = self._channel
+        with anyio.move_on_after(min(self.options.timeout, 3.0)), suppress(CoordkitError):
+            await channel.call(
+                channel.lease.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease_id), idempotent=True
+            )
 
     async def _renew_session(self, old: Session) -> None:
         """Mark ``old`` lost and open a fresh lease (once, however many callers)."""
@@ -213,13 +239,13 @@ class EtcdBackend(Backend):
             await anyio.sleep(0.1)
 
     async def _keepalive_stream(self) -> None:
-        call = self.channel.lease.LeaseKeepAlive(wait_for_ready=True)
+        stream = self.channel.stream(self.channel.lease.LeaseKeepAlive)
         try:
             while True:
                 session = self.session
                 with anyio.fail_after(max(session.ttl / 3, 0.5)):
-                    await call.write(rpc.LeaseKeepAliveRequest(ID=session.id))
-                    reply = await call.read()
+                    await stream.write(rpc.LeaseKeepAliveRequest(ID=session.id))
+                    reply = await stream.read()
                 if reply is grpc.aio.EOF:
                     return
                 if session.id != reply.ID or session is not self._session:
@@ -231,9 +257,24 @@ class EtcdBackend(Backend):
                 session.mark_connected()
                 await anyio.sleep(session.ttl / 3)
         finally:
-            call.cancel()
-            with anyio.CancelScope(shield=True):
-                await call.code()  # let grpc finish the call on this event loop
+            await stream.close()
+
+    async def lease_alive(self, session: Session) -> bool:
+        """Whether etcd still has ``session``'s lease; if not, the session is
+        marked lost (and a new one opened) before this returns False."""
+        if session.lost:
+            return False
+        reply = await self.channel.call(
+            self.channel.lease.LeaseTimeToLive,
+            rpc.LeaseTimeToLiveRequest(ID=session.id),
+            idempotent=True,
+        )
+        if reply.TTL > 0:
+            return True
+        with suppress(CoordkitError):
+            await self._renew_session(session)
+        session.mark_lost()
+        return False
 
     def lease_for(self, ephemeral: bool) -> int:
         return self.session.id if ephemeral else 0
@@ -277,6 +318,9 @@ class EtcdBackend(Backend):
         # The member's header may lag; a linearizable read gives the cluster's revision.
         current = await self.read(ops.range_op(self.layout.data("/"), count_only=True))
         names = {m.ID: m.name or f"{m.ID:x}" for m in members.members}
+        endpoints = {
+            m.ID: urlsplit(m.clientURLs[0]).netloc for m in members.members if m.clientURLs
+        }
         return Status(
             backend="etcd",
             revision=int(current.header.revision),
@@ -290,6 +334,9 @@ class EtcdBackend(Backend):
                 "cluster_id": int(current.header.cluster_id),
                 "prefix": self.layout.prefix,
                 "target": self._target,
+                # the member this client talks to (pick_first: all calls go there)
+                "member": names.get(state.header.member_id),
+                "endpoint": endpoints.get(state.header.member_id),
             },
         )
 

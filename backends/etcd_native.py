@@ -24,12 +24,20 @@ import anyio
 import grpc
 from aetcd import rpc
 
-from coordkit import Client, CoordkitError, LockLostError, SessionExpiredError, WrongTypeError
+from coordkit import (
+    Client,
+    ConnectionLostError,
+    CoordkitError,
+    LockLostError,
+    SessionExpiredError,
+    WrongTypeError,
+)
 from coordkit.backend import Session
 from coordkit.paths import check_path
 
 from . import etcd_ops as ops
 from .etcd_keys import prefix_end
+from .etcd_rpc import map_error
 
 if TYPE_CHECKING:
     from .etcd_backend import EtcdBackend
@@ -103,6 +111,9 @@ class _Contender:
                 ops.range_op(key, count_only=True),
             )
             if ops.count(ahead.responses[1]) == 0:
+                # Gone with our lease (the session ended), or deleted by someone.
+                if not await self.backend.lease_alive(session):
+                    raise SessionExpiredError("the session ended while waiting")
                 raise LockLostError(f"our key on {self.name} was deleted while queueing")
             found = ops.kvs(ahead.responses[0])
             if not found:
@@ -113,10 +124,11 @@ class _Contender:
             await self._wait_deleted(found[0].key, int(ahead.header.revision), session)
 
     async def _wait_deleted(self, key: bytes, revision: int, session: Session) -> None:
-        """Return once ``key`` is deleted after ``revision``; raise if our session ends."""
-        channel = self.backend.channel
-        call = channel.watch.Watch(wait_for_ready=True)
+        """Return once ``key`` may have been deleted after ``revision`` (the caller
+        reads the queue again); raise if our session ends meanwhile."""
+        stream = self.backend.channel.stream(self.backend.channel.watch.Watch)
         create = rpc.WatchCreateRequest(key=key, start_revision=revision + 1, filters=[_NOPUT])
+        broken = False
         try:
             async with anyio.create_task_group() as tg:
 
@@ -125,18 +137,22 @@ class _Contender:
                     tg.cancel_scope.cancel()
 
                 tg.start_soon(on_loss)
-                await call.write(rpc.WatchRequest(create_request=create))
-                while True:
-                    reply = await call.read()
-                    if reply is grpc.aio.EOF or reply.events or reply.canceled:
-                        break  # deleted, or the stream ended: read the queue again
+                try:
+                    await stream.write(rpc.WatchRequest(create_request=create))
+                    while True:
+                        reply = await stream.read()
+                        if reply is grpc.aio.EOF or reply.events or reply.canceled:
+                            break  # deleted, or the stream ended: read the queue again
+                except (grpc.aio.AioRpcError, ConnectionLostError):
+                    broken = True  # the member went away or lost its leader
                 tg.cancel_scope.cancel()
         finally:
-            call.cancel()
-            with anyio.CancelScope(shield=True), suppress(Exception):
-                await call.code()
+            with anyio.CancelScope(shield=True):
+                await stream.close()
         if session.lost:
             raise SessionExpiredError("the session ended while waiting")
+        if broken:
+            await anyio.sleep(0.05)  # back off; the queue read retries within the timeout
 
     async def _drop_key(self) -> None:
         """Delete our key (shielded; if etcd is unreachable the lease takes it)."""
@@ -353,26 +369,36 @@ class EtcdElection(_Contender):
         return found[0].value.decode("utf-8", "replace") if found else None
 
     async def observe(self) -> AsyncIterator[str | None]:
-        """The leader's identity now, then each time it changes (None: no leader)."""
-        channel = self.backend.channel
-        call = channel.watch.Watch(wait_for_ready=True)
+        """The leader's identity now, then each time it changes (None: no leader).
+
+        Survives a member going away: the watch is opened again and the leader
+        read again, so no change is missed (only repeats are skipped)."""
         end = prefix_end(self.prefix)
-        try:
-            create = rpc.WatchCreateRequest(key=self.prefix, range_end=end)
-            await call.write(rpc.WatchRequest(create_request=create))
-            await call.read()  # created: changes from here on are seen
-            last: str | object | None = object()
-            while True:
-                current = await self.leader()
-                if current != last:
-                    last = current
-                    yield current
-                if await call.read() is grpc.aio.EOF:
-                    raise CoordkitError("the etcd watch of the election ended")
-        finally:
-            call.cancel()
-            with anyio.CancelScope(shield=True), suppress(Exception):
-                await call.code()
+        last: str | object | None = object()
+        while True:
+            stream = self.backend.channel.stream(self.backend.channel.watch.Watch)
+            try:
+                try:
+                    create = rpc.WatchCreateRequest(key=self.prefix, range_end=end)
+                    try:
+                        with anyio.fail_after(self.backend.options.timeout):
+                            await stream.write(rpc.WatchRequest(create_request=create))
+                            await stream.read()  # created: changes from here on are seen
+                    except TimeoutError as exc:
+                        raise map_error(exc) from exc
+                    while True:
+                        current = await self.leader()
+                        if current != last:
+                            last = current
+                            yield current
+                        if await stream.read() is grpc.aio.EOF:
+                            break
+                except (grpc.aio.AioRpcError, ConnectionLostError):
+                    pass  # the member went away or lost its leader: watch again
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await stream.close()
+            await anyio.sleep(0.05)  # back off; leader() retries within the timeout
 
     async def __aenter__(self) -> Self:
         hold = self._hold()

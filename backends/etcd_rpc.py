@@ -10,11 +10,13 @@ transactions and a streaming keepalive, all of which the backend needs.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from contextlib import suppress
+from typing import Any, TypeVar
 
 import anyio
 import grpc
@@ -32,7 +34,17 @@ from coordkit.errors import (
     ValueTooLargeError,
 )
 
-__all__ = ["DEFAULT_PORT", "EtcdChannel", "WatchCompacted", "map_error", "target_of"]
+__all__ = [
+    "DEFAULT_PORT",
+    "EtcdChannel",
+    "Stream",
+    "WatchCompacted",
+    "map_error",
+    "settled",
+    "target_of",
+]
+
+T = TypeVar("T")
 
 DEFAULT_PORT = 2379
 
@@ -40,11 +52,24 @@ DEFAULT_PORT = 2379
 # retry even for writes (the leader is being elected, or the member is busy).
 _NOT_APPLIED = ("no leader", "not capable", "too many requests", "leader changed")
 
+# etcd's clientv3.WithRequireLeader: a member that loses its leader ends the
+# stream ("no leader") instead of leaving it silent, so we move to a member
+# that has one, and a watch or keepalive never hangs on a cut-off member.
+REQUIRE_LEADER = (("hasleader", "true"),)
+
 _CHANNEL_OPTIONS = [
     ("grpc.lb_policy_name", "pick_first"),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    # HTTP/2 pings find a member that stopped answering while its TCP
+    # connection stays up (a frozen process, a partition): without them a
+    # watch on it would wait forever. etcd refuses pings more often than its
+    # --grpc-keepalive-min-time (5 s by default), and we always have a stream
+    # open (the lease keepalive), so pings are only sent with calls active.
+    ("grpc.keepalive_time_ms", 6000),
+    ("grpc.keepalive_timeout_ms", 3000),
+    ("grpc.keepalive_permit_without_calls", 0),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 16 * 1024 * 1024),
 ]
@@ -122,22 +147,114 @@ def target_of(url: BackendURL) -> str:
     raise ConfigurationError(f"mixed IPv4/IPv6 endpoints are not supported: {url.raw!r}")
 
 
-async def _settled(call: Any) -> Any:
-    """The outcome of a unary grpc.aio call, waited for through anyio.
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark an abandoned helper task's outcome as seen (no "never retrieved" warning)."""
+    if not task.cancelled():
+        task.exception()
 
-    Awaiting the call object itself awaits a task of grpc's own; when anyio
-    cancels the awaiting task, the CancelledError comes out of grpc's task, no
-    cancel scope claims it, and it silently ends the caller's task. Waiting on
-    an anyio Event keeps cancellation anyio's: we cancel the RPC and re-raise.
+
+async def settled(awaitable: Awaitable[T], call: Any, *, cancel_call: bool = True) -> T:
+    """Await a grpc.aio awaitable (a unary call, a stream's read/write) the anyio way.
+
+    grpc.aio must never be awaited straight from an anyio task: its awaitables
+    wait on tasks of grpc's own, so cancelling the awaiting task cancels
+    *grpc's* task, and what comes back is grpc's bare ``CancelledError`` (no
+    cancel scope recognises it; it escapes ``move_on_after``, ends the task
+    silently, and anyio then cancels every sibling in the task group), or no
+    error at all when grpc swallows the cancellation. So the awaitable runs in
+    a helper task and we wait on an anyio Event: cancellation stays anyio's.
+    If the wait is cancelled the RPC is cancelled too (unless ``cancel_call``
+    is false: a stream read may be picked up again by the next reader).
+
+    A call that grpc ended by cancellation (the channel closed, or we cancelled
+    it earlier) raises :class:`ConnectionLostError`; gRPC errors pass through.
     """
-    finished = anyio.Event()
-    call.add_done_callback(lambda _call: finished.set())
+    task = asyncio.ensure_future(awaitable)
+    task.add_done_callback(_retrieve)
+    return await wait_task(task, call, cancel_call=cancel_call)
+
+
+async def wait_task(task: asyncio.Future[T], call: Any, *, cancel_call: bool = True) -> T:
+    """Wait for a helper task of :func:`settled` through an anyio Event."""
+    if not task.done():
+        finished = anyio.Event()
+        task.add_done_callback(lambda _task: finished.set())
+        try:
+            await finished.wait()
+        except BaseException:
+            if cancel_call:
+                _abandon(call, task)
+            raise
+    if task.cancelled():
+        raise ConnectionLostError("the etcd call was cancelled (channel closed or call abandoned)")
     try:
-        await finished.wait()
-    except BaseException:
-        call.cancel()
-        raise
-    return await call  # already done: returns or raises at once
+        return task.result()
+    except asyncio.CancelledError as exc:  # grpc's own, for a locally cancelled call
+        raise ConnectionLostError("the etcd call was cancelled") from exc
+    except asyncio.InvalidStateError as exc:  # a write on a stream that has ended
+        raise ConnectionLostError(f"the etcd stream has ended: {exc}") from exc
+
+
+def _abandon(call: Any, task: asyncio.Future[Any]) -> None:
+    """Cancel the RPC and our helper task (grpc leaves a write waiting for
+    metadata pending forever once its call is cancelled)."""
+    call.cancel()
+    task.cancel()
+
+
+async def _await(call: Any) -> Any:
+    return await call
+
+
+class Stream:
+    """A bidirectional gRPC stream (watch, lease keepalive) driven from anyio tasks.
+
+    :meth:`write` and :meth:`read` go through :func:`settled`: cancelling one
+    cancels the whole stream (reopen it), except :meth:`read` with
+    ``keep_on_cancel``, whose pending read carries over to the next call, so a
+    cancelled reader loses no message. :meth:`close` cancels the call and lets
+    grpc finish it on this event loop.
+    """
+
+    def __init__(self, call: Any) -> None:
+        self.call = call
+        self._reading: asyncio.Future[Any] | None = None
+
+    def done(self) -> bool:
+        return bool(self.call.done())
+
+    async def write(self, request: Any) -> None:
+        await settled(self.call.write(request), self.call)
+
+    async def read(self, *, keep_on_cancel: bool = False) -> Any:
+        """The next message, or ``grpc.aio.EOF`` at the end of the stream."""
+        if self._reading is None:
+            self._reading = asyncio.ensure_future(self.call.read())
+            self._reading.add_done_callback(_retrieve)
+        task = self._reading
+        if not task.done():
+            finished = anyio.Event()
+            task.add_done_callback(lambda _task: finished.set())
+            try:
+                await finished.wait()
+            except BaseException:
+                # Cancelled: with keep_on_cancel the read (even one that has
+                # just completed) stays for the next call, so nothing is lost.
+                if not keep_on_cancel:
+                    self._reading = None
+                    _abandon(self.call, task)
+                raise
+        self._reading = None
+        return await wait_task(task, self.call)  # done: returns or raises at once
+
+    async def close(self) -> None:
+        """Cancel the call and wait (shielded, briefly) until grpc has finished it."""
+        self.call.cancel()
+        reading, self._reading = self._reading, None
+        if reading is not None:
+            reading.cancel()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2), suppress(Exception):
+            await settled(self.call.code(), self.call)
 
 
 class EtcdChannel:
@@ -151,10 +268,12 @@ class EtcdChannel:
         self.watch = rpc.WatchStub(self.channel)
         self.cluster = rpc.ClusterStub(self.channel)
         self.maintenance = rpc.MaintenanceStub(self.channel)
+        #: the etcd member id that answered the last unary call (0: none yet).
+        self.member_id = 0
 
     async def call(
         self,
-        method: Callable[..., Awaitable[Any]],
+        method: Callable[..., Any],
         request: Any,
         *,
         idempotent: bool,
@@ -164,6 +283,8 @@ class EtcdChannel:
 
         Reads are idempotent and retried on any unavailability; writes only when
         etcd reports it did not apply them. Errors leave as coordkit errors.
+        Cancelling the caller cancels the RPC (a write may or may not have been
+        applied: etcd applies a transaction whole or not at all).
         """
         budget = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + budget
@@ -172,12 +293,42 @@ class EtcdChannel:
             remaining = deadline - time.monotonic()
             try:
                 call = method(request, timeout=max(remaining, 0.001), wait_for_ready=True)
-                return await _settled(call)
+                reply = await self._unary(call, idempotent)
             except grpc.aio.AioRpcError as exc:
                 if not _retryable(exc, idempotent) or deadline - time.monotonic() < delay:
                     raise map_error(exc) from exc
+            else:
+                header = getattr(reply, "header", None)
+                if header is not None and header.member_id:
+                    self.member_id = int(header.member_id)
+                return reply
             await anyio.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+    async def _unary(self, call: Any, idempotent: bool) -> Any:
+        task = asyncio.ensure_future(_await(call))
+        task.add_done_callback(_retrieve)
+        try:
+            return await wait_task(task, call, cancel_call=idempotent)
+        except anyio.get_cancelled_exc_class():
+            # Cancelled while a write is in flight. Cancelling the RPC would not
+            # stop etcd from applying a write it has already proposed, so, while
+            # we are connected (the request went out), wait for etcd's answer:
+            # then a cancelled write has happened or never will, and a caller's
+            # cleanup (e.g. deleting by name prefix) sees it. Bounded by the
+            # call's deadline; with the connection down, the outcome is unknown
+            # as for ConnectionLostError.
+            if not task.done():
+                if self.channel.get_state() is grpc.ChannelConnectivity.READY:
+                    with anyio.CancelScope(shield=True), suppress(Exception):
+                        await wait_task(task, call)
+                _abandon(call, task)
+            raise
+
+    def stream(self, method: Callable[..., Any]) -> Stream:
+        """Open a bidirectional stream (``watch.Watch``, ``lease.LeaseKeepAlive``)
+        that etcd ends if the member loses its leader."""
+        return Stream(method(metadata=REQUIRE_LEADER, wait_for_ready=True))
 
     async def close(self) -> None:
         await self.channel.close(grace=None)

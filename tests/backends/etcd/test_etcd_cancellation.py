@@ -1,0 +1,231 @@
+"""Cancelling etcd calls at random moments, from many tasks at once (seeded).
+
+grpc.aio waits on tasks of its own; awaited straight from an anyio task, a
+cancellation came back as grpc's bare ``CancelledError``, which no cancel
+scope claims: the task ended silently and anyio then cancelled every sibling
+("completed 0 of 40"). These tests cancel in-flight calls and check that every
+task runs to its end, the client and its session go on working, a cancelled
+write has happened completely or not at all (and never lands later), and
+nothing ephemeral outlives the session.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import anyio
+import pytest
+from aetcd import rpc
+
+import coordkit
+from coordkit import Client, CoordkitError, EventType, NodeExistsError
+from coordkit.backends import etcd_ops as ops
+from coordkit.backends.etcd_backend import EtcdBackend
+from coordkit.backends.etcd_keys import prefix_end
+from coordkit.txn import Compare, CreateOp
+
+pytestmark = [pytest.mark.anyio, pytest.mark.etcd]
+
+SEED = 20261125
+
+
+def backend_of(client: Client) -> EtcdBackend:
+    backend = client.backend
+    assert isinstance(backend, EtcdBackend)
+    return backend
+
+
+async def raw_keys(client: Client) -> dict[bytes, int]:
+    """Every etcd key of the client's hierarchy (under its prefix), with its lease."""
+    backend = backend_of(client)
+    base = backend.layout.base
+    reply = await backend.read(ops.range_op(base, prefix_end(base), keys_only=True))
+    return {kv.key: int(kv.lease) for kv in ops.kvs(reply.responses[0])}
+
+
+async def round_trip(client: Client) -> float:
+    """Seconds one ephemeral create takes here: random deadlines scale with it."""
+    started = anyio.current_time()
+    await client.create("/probe", b"", ephemeral=True)
+    await client.delete("/probe")
+    return max((anyio.current_time() - started) / 2, 0.0005)
+
+
+async def test_cancelled_calls_end_every_task_and_leave_whole_nodes_or_none(
+    etcd_url: str,
+) -> None:
+    rng = random.Random(SEED)
+    tasks, rounds = 12, 12
+    outcomes: Counter[str] = Counter()
+    existed: dict[str, bool] = {}  # a create's path -> did it exist right after the call
+    finished = 0
+    async with coordkit.connect(etcd_url) as client, coordkit.connect(etcd_url) as observer:
+        session = client.session
+        await client.create("/c", b"")
+        await client.create("/shared", b"")
+        base = await round_trip(client)
+
+        async def one_call(i: int, r: int, kind: str) -> str | None:
+            """Run one call; return the path it creates, if it creates a known one."""
+            path = f"/c/t{i}-r{r}"
+            if kind == "create":
+                await client.create(path, b"x" * 64, ephemeral=True)
+                return path
+            if kind == "sequential":
+                await client.create(f"/c/s{i}-", b"", ephemeral=True, sequential=True)
+            elif kind == "txn":
+                await client.txn(
+                    [Compare.missing(path)], [CreateOp(path, b"t", ephemeral=True)], []
+                )
+                return path
+            elif kind == "set":
+                await client.set("/shared", f"{i}-{r}".encode())
+            else:
+                await client.get("/shared")
+                await client.children("/c")
+            return None
+
+        async def worker(i: int) -> None:
+            nonlocal finished
+            plan = [
+                (
+                    rng.uniform(0, 4 * base),
+                    rng.choice(["create", "sequential", "txn", "set", "read"]),
+                )
+                for _ in range(rounds)
+            ]
+            for r, (delay, kind) in enumerate(plan):
+                path = f"/c/t{i}-r{r}" if kind in ("create", "txn") else None
+                with anyio.move_on_after(delay) as scope:
+                    await one_call(i, r, kind)
+                outcomes["cancelled" if scope.cancelled_caught else "completed"] += 1
+                if path is not None:
+                    # Right after the call returned (or was cancelled) the write
+                    # has happened or never will: remember which.
+                    existed[path] = await client.exists(path)
+            finished += 1
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for i in range(tasks):
+                    tg.start_soon(worker, i)
+
+        # (a) every task ran to its end; cancellations really hit calls in flight
+        assert finished == tasks, f"{tasks - finished} tasks ended silently (seed {SEED})"
+        assert sum(outcomes.values()) == tasks * rounds
+        assert outcomes["cancelled"] > tasks and outcomes["completed"] > 0, outcomes
+
+        # (b) the client and its session go on working
+        assert client.session is session and not session.lost
+        with anyio.fail_after(10):
+            await client.create("/c/after", b"ok", ephemeral=True)
+            async with observer.watch("/c/after") as events:
+                await client.set("/c/after", b"again")
+                event = await events.__anext__()
+            assert event.type is EventType.UPDATED and event.node is not None
+            assert event.node.value == b"again"
+
+        # (c) no cancelled write landed late; each node is whole (data and index key)
+        for path, was in existed.items():
+            assert await observer.exists(path) is was, f"{path}: landed after its cancellation"
+        keys = await raw_keys(observer)
+        layout = backend_of(observer).layout
+        names = await observer.children("/c")
+        assert {layout.data(f"/c/{n}") for n in names} == {
+            k for k in keys if k.startswith(layout.subtree("/c"))
+        }
+        for name in names:
+            data, index = layout.data(f"/c/{name}"), layout.index(f"/c/{name}")
+            assert index in keys, f"/c/{name} has no index key"
+            assert keys[data] == keys[index] == session.id
+        assert len([k for k in keys if k.startswith(layout.children("/c"))]) == len(names)
+
+    # ... and nothing ephemeral outlives the session
+    async with coordkit.connect(etcd_url) as later:
+        assert await later.children("/c") == []
+        assert all(lease == 0 for lease in (await raw_keys(later)).values())
+        channel = backend_of(later).channel
+        reply = await channel.call(
+            channel.lease.LeaseTimeToLive,
+            rpc.LeaseTimeToLiveRequest(ID=session.id),
+            idempotent=True,
+        )
+        assert reply.TTL == -1, "the closed session's lease is still alive"
+
+
+async def test_cancelled_watch_reads_lose_and_repeat_nothing(etcd_url: str) -> None:
+    rng = random.Random(SEED + 1)
+    async with coordkit.connect(etcd_url) as client, coordkit.connect(etcd_url) as writer:
+        await writer.create("/w", b"")
+        base = await round_trip(writer)
+        expected: list[tuple[EventType, str, int]] = []
+        got: list[tuple[EventType, str, int]] = []
+        cancelled = 0
+        async with client.watch("/w", recursive=True) as events:
+
+            async def write() -> None:
+                for n in range(30):
+                    node = await writer.set("/w", str(n).encode())  # UPDATED: reads num_children
+                    expected.append((EventType.UPDATED, "/w", node.mod_revision))
+                    child = await writer.create(f"/w/k{n}", b"")
+                    expected.append((EventType.CREATED, child.path, child.create_revision))
+
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(write)
+                    while len(got) < 60:
+                        with anyio.move_on_after(rng.uniform(0, 4 * base)) as scope:
+                            event = await events.__anext__()
+                            got.append((event.type, event.path, event.revision))
+                        cancelled += scope.cancelled_caught
+        assert got == expected
+        assert cancelled > 5, f"only {cancelled} reads were cancelled"
+
+
+async def test_calls_in_flight_when_the_client_aborts_fail_loudly(etcd_url: str) -> None:
+    errors: list[BaseException] = []
+    async with coordkit.connect(etcd_url) as client:
+        await client.create("/x", b"")
+        running = anyio.Event()
+
+        async def reader() -> None:
+            try:
+                while True:
+                    await client.get("/x")
+                    with pytest.raises(NodeExistsError):
+                        await client.create("/x", b"")
+                    running.set()
+            except CoordkitError as exc:
+                errors.append(exc)
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                for _ in range(4):
+                    tg.start_soon(reader)
+                await running.wait()
+                await client.abort()
+    assert len(errors) == 4, errors
+
+
+async def leases(client: Client) -> set[int]:
+    channel = backend_of(client).channel
+    reply = await channel.call(channel.lease.LeaseLeases, rpc.LeaseLeasesRequest(), idempotent=True)
+    return {int(lease.ID) for lease in reply.leases}
+
+
+async def test_a_cancelled_open_leaves_no_lease_or_key_behind(etcd_url: str) -> None:
+    async with coordkit.connect(etcd_url) as observer:
+        keys, granted = await raw_keys(observer), await leases(observer)
+        base = await round_trip(observer)
+        rng = random.Random(SEED + 2)
+        opened = 0
+        for _ in range(12):
+            with anyio.move_on_after(rng.uniform(0, 6 * base)):
+                async with coordkit.connect(etcd_url) as client:
+                    opened += 1
+                    await client.create("/e", b"", ephemeral=True)
+                    await anyio.sleep_forever()
+        assert opened < 12, "no open was cancelled: the deadlines are too long"
+        assert await raw_keys(observer) == keys
+        assert await leases(observer) <= granted, "a cancelled open left its lease alive"
