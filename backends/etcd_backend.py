@@ -83,6 +83,7 @@ class EtcdBackend(Backend):
         self._runner: asyncio.Task[None] | None = None
         self._tg: TaskGroup | None = None
         self._last_renewed = 0.0
+        self._renewed = anyio.Event()  # set (and replaced) at each confirmation
         self._granting = 0  # the id of a lease being granted (revoked if open() fails)
         self._aborted = False
         self._closed = False
@@ -164,6 +165,23 @@ class EtcdBackend(Backend):
             raise ClientClosedError("the etcd backend is not open")
         return self._session
 
+    @property
+    def last_renewed(self) -> float:
+        """``time.monotonic()`` when etcd last confirmed the session's lease
+        (its grant or a keepalive answer)."""
+        return self._last_renewed
+
+    async def wait_renewed(self, since: float) -> None:
+        """Return once etcd has confirmed the session's lease after ``since``
+        (a ``time.monotonic()`` value)."""
+        while self._last_renewed <= since:
+            await self._renewed.wait()
+
+    def _confirmed(self) -> None:
+        self._last_renewed = time.monotonic()
+        self._renewed.set()
+        self._renewed = anyio.Event()
+
     def start_soon(self, func: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         """Run ``func`` in the backend's task group (cancelled when the backend closes)."""
         if self._tg is None:
@@ -202,7 +220,7 @@ class EtcdBackend(Backend):
                     continue  # someone holds that id: pick another
                 raise
             self._granting = 0
-            self._last_renewed = time.monotonic()
+            self._confirmed()
             return Session(int(reply.ID), float(reply.TTL))
 
     async def _revoke(self, lease_id: int) -> None:
@@ -253,7 +271,7 @@ class EtcdBackend(Backend):
                 if reply.TTL <= 0:
                     await self._renew_session(session)
                     continue
-                self._last_renewed = time.monotonic()
+                self._confirmed()
                 session.mark_connected()
                 await anyio.sleep(session.ttl / 3)
         finally:

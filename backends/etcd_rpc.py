@@ -59,6 +59,9 @@ REQUIRE_LEADER = (("hasleader", "true"),)
 
 _CHANNEL_OPTIONS = [
     ("grpc.lb_policy_name", "pick_first"),
+    # Our own connections, not ones shared with other channels of the process:
+    # pick_first then really starts with the first address of this URL.
+    ("grpc.use_local_subchannel_pool", 1),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),

@@ -89,11 +89,16 @@ class EtcdMember:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         self.started_once = True
 
-    def stop(self) -> None:
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop the process: SIGTERM (graceful: a leader hands its leadership
+        over first) or, with ``kill``, SIGKILL (a crash: the others elect)."""
         process, self.process = self.process, None
         if process is None:
             return
-        process.terminate()
+        if kill:
+            process.kill()
+        else:
+            process.terminate()
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -158,9 +163,16 @@ class EtcdCluster:
                         return member
         raise RuntimeError("the cluster has no leader")
 
+    def member_named(self, name: str) -> EtcdMember:
+        return next(m for m in self.members if m.name == name)
+
+    def running(self) -> list[EtcdMember]:
+        return [m for m in self.members if m.process is not None]
+
     def stop(self) -> None:
+        """Stop every member at once (their data is thrown away after)."""
         for member in self.members:
-            member.stop()
+            member.stop(kill=True)
 
 
 def _start_cluster(size: int, root: Path) -> EtcdCluster:

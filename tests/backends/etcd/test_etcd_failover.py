@@ -1,0 +1,145 @@
+"""Failover in a 3-member cluster: the session, its ephemerals, a watch and a Lock survive.
+
+Three cases, each killing one member (SIGKILL, a crash):
+
+- ``connected``: the member the client talks to, a follower: the client must
+  move to another member (pick_first over the URL's addresses);
+- ``leader``: the leader, while the client talks to a follower: the others
+  elect a new leader and the client's member follows it;
+- ``connected-leader``: both at once.
+
+The test checks which member the client really uses (``status().details``),
+waits on conditions only, and is bounded by ``anyio.fail_after``.
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import urlsplit
+
+import anyio
+import pytest
+from aetcd import rpc
+from etcd_servers import EtcdCluster, EtcdMember
+
+import coordkit
+from coordkit import Client, EventType
+from coordkit.backends.etcd_backend import EtcdBackend
+from coordkit.recipes.lock import Lock
+
+pytestmark = [pytest.mark.anyio, pytest.mark.etcd]
+
+# Short, so the lease would soon be gone if the keepalive did not reach the
+# cluster again (checked: a keepalive answered after the kill, TTL left > 0).
+TTL = 2
+
+
+def url_for(cluster: EtcdCluster, first: EtcdMember, prefix: str) -> str:
+    """A URL listing ``first`` first: pick_first connects to it."""
+    order = [first, *(m for m in cluster.members if m is not first)]
+    return f"etcd://{','.join(m.endpoint for m in order)}{prefix}"
+
+
+def backend_of(client: Client) -> EtcdBackend:
+    backend = client.backend
+    assert isinstance(backend, EtcdBackend)
+    return backend
+
+
+async def member_in_use(client: Client) -> str:
+    details = (await client.status()).details
+    return str(details["member"])
+
+
+async def wait_for_a_leader_other_than(client: Client, victim: EtcdMember) -> None:
+    """Until the member the client talks to follows a leader other than ``victim``.
+
+    A write sent to a member that still believes in a killed leader is
+    forwarded to it and lost: etcd answers "request timed out, possibly due to
+    previous leader failure" after its request timeout, without saying whether
+    it was applied (ConnectionLostError); so writes wait for the new leader.
+    """
+    while True:
+        status = await client.status()
+        if status.leader is not None and status.leader != victim.name:
+            return
+        await anyio.sleep(0.05)
+
+
+@pytest.mark.parametrize("case", ["connected", "leader", "connected-leader"])
+async def test_client_keeps_its_session_watch_and_lock_when_a_member_dies(
+    etcd_cluster_url: str, etcd_cluster: EtcdCluster, case: str
+) -> None:
+    cluster = etcd_cluster
+    leader = await anyio.to_thread.run_sync(cluster.leader)
+    follower = next(m for m in cluster.members if m is not leader)
+    connected = leader if case == "connected-leader" else follower
+    victim = follower if case == "connected" else leader
+    survivor = next(m for m in cluster.members if m is not victim)
+    prefix = urlsplit(etcd_cluster_url).path
+    async with (
+        coordkit.connect(url_for(cluster, connected, prefix), session_ttl=TTL) as client,
+        coordkit.connect(url_for(cluster, survivor, prefix), session_ttl=TTL) as rival,
+    ):
+        assert await member_in_use(client) == connected.name
+        assert await member_in_use(rival) != victim.name
+        session = client.session
+        lease_id = session.id
+        await client.create("/jobs", b"")
+        eph = await client.create("/jobs/worker", b"", ephemeral=True)
+        lock = Lock(client, "/locks/failover", "client")
+        assert await lock.acquire()
+        token = lock.token
+
+        async with client.watch("/jobs", recursive=True) as events:
+            killed_at = time.monotonic()
+            await anyio.to_thread.run_sync(lambda: victim.stop(kill=True))
+            try:
+                with anyio.fail_after(30):
+                    # reads fail over at once; writes wait for a live leader
+                    await wait_for_a_leader_other_than(client, victim)
+                    await wait_for_a_leader_other_than(rival, victim)
+                    if victim is connected:
+                        assert await member_in_use(client) != victim.name
+                    # the rival writes through a surviving member meanwhile
+                    during = await rival.create("/jobs/during", b"")
+                    after = await client.set("/jobs", b"after failover")
+                    node = await client.create("/jobs/n-", b"", sequential=True)
+                    assert node.path.endswith("0000000000")
+                    # the client's watch resumed without losing or repeating an event
+                    got = [await events.__anext__() for _ in range(3)]
+                    assert [(e.type, e.path, e.revision) for e in got] == [
+                        (EventType.CREATED, "/jobs/during", during.create_revision),
+                        (EventType.UPDATED, "/jobs", after.mod_revision),
+                        (EventType.CREATED, node.path, node.create_revision),
+                    ]
+
+                    # the keepalive reaches the cluster again: same lease, renewed
+                    await backend_of(client).wait_renewed(killed_at)
+                    channel = backend_of(rival).channel
+                    ttl = await channel.call(
+                        channel.lease.LeaseTimeToLive,
+                        rpc.LeaseTimeToLiveRequest(ID=lease_id),
+                        idempotent=True,
+                    )
+                    assert ttl.TTL > 0, "the session's lease is gone"
+                    assert client.session is session and session.id == lease_id
+                    assert not session.lost
+                    assert await rival.get("/jobs/worker") == eph
+
+                    # the Lock is still held, excludes others, and hands over
+                    assert lock.is_held and lock.token == token
+                    assert await Lock(rival, "/locks/failover").acquire(blocking=False) is False
+                    await lock.release()
+                    theirs = Lock(rival, "/locks/failover", "rival")
+                    assert await theirs.acquire()
+                    their_token = theirs.token
+                    assert their_token is not None and token is not None and their_token > token
+                    await theirs.release()
+                    async with Lock(client, "/locks/failover") as again:
+                        assert again.token is not None and again.token > their_token
+            finally:
+                with anyio.fail_after(30):
+                    await anyio.to_thread.run_sync(victim.start)
+                    for member in cluster.members:
+                        await anyio.to_thread.run_sync(member.wait_healthy)
