@@ -217,6 +217,20 @@ def etcd_cluster() -> Iterator[EtcdCluster]:
             cluster.stop()
 
 
+@pytest.fixture(scope="module")
+def etcd_private_server() -> Iterator[EtcdCluster]:
+    """A single-node etcd for one test module alone: nothing else moves its
+    revision (the shared server's revision also moves with other tests' leases)."""
+    if not Path(ETCD).exists():
+        pytest.skip(MISSING_ETCD)
+    with tempfile.TemporaryDirectory(prefix="coordkit-etcd-private-") as root:
+        cluster = _start_cluster(1, Path(root))
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+
+
 def _require_asyncio_and_client(anyio_backend: str) -> None:
     if anyio_backend != "asyncio":
         pytest.skip(TRIO_SKIP)
