@@ -34,8 +34,8 @@ nothing here asserts timings.
     python benchmarks/recipes_queue_election.py --etcd etcd://10.0.0.5:2379/bench
 
 etcd and ZooKeeper are started by the script (one local server each, on free
-loopback ports, in a temporary directory, stopped at the end) with the same
-helpers the test suite uses (``tests/support/etcd_servers.py``,
+loopback ports, data in a temporary directory under ``--data-dir``, stopped at
+the end) with the same helpers the test suite uses (``tests/support/etcd_servers.py``,
 ``tests/support/zookeeper_servers.py``: Debian's ``etcd-server``, and
 ``zookeeper`` with ``java``); a backend whose server is not installed is
 skipped, saying why. ``--etcd``/``--zookeeper``/``--raft`` URLs (or
@@ -188,11 +188,15 @@ async def failover_run(url: str, fault: str, election_class: type[Election]) -> 
 
 
 @contextmanager
-def started_servers(wanted: list[str], notes: list[str]) -> Iterator[dict[str, str]]:
-    """Start a local etcd / ZooKeeper for each wanted one that is installed; yield URLs."""
+def started_servers(wanted: list[str], notes: list[str], data_dir: str) -> Iterator[dict[str, str]]:
+    """Start a local etcd / ZooKeeper for each wanted one that is installed; yield URLs.
+
+    Both keep their data under ``data_dir``: both fsync their logs, so the
+    storage under it matters as much as the engine.
+    """
     urls: dict[str, str] = {}
     sys.path.insert(0, str(SUPPORT))
-    with tempfile.TemporaryDirectory(prefix="coordkit-bench-") as root:
+    with tempfile.TemporaryDirectory(prefix="coordkit-bench-", dir=data_dir) as root:
         stops: list[Callable[[], None]] = []
         try:
             if "etcd" in wanted:
@@ -287,6 +291,12 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=2000, help="items per queue run")
     parser.add_argument("--producers", type=int, default=4)
     parser.add_argument("--consumers", type=int, default=4)
+    parser.add_argument(
+        "--data-dir",
+        default=tempfile.gettempdir(),
+        help="where the started servers keep their data (default: the temp dir; "
+        "a tmpfs such as /dev/shm makes their fsyncs free, unlike production)",
+    )
     args = parser.parse_args()
     # kazoo logs every session this benchmark kills on purpose; keep the table readable.
     logging.getLogger("kazoo").setLevel(logging.CRITICAL)
@@ -304,7 +314,7 @@ def main() -> None:
     to_start = [b for b in ("etcd", "zookeeper") if b in wanted and not given[b]]
     load_before = os.getloadavg()
 
-    with started_servers(to_start, notes) as started:
+    with started_servers(to_start, notes, args.data_dir) as started:
         urls = {"memory": "memory://bench"}
         for name in ("raft", "etcd", "zookeeper"):
             url = given[name] or started.get(name)
@@ -365,6 +375,8 @@ def main() -> None:
             if series is not None and series.error:
                 kept = len(series.values)
                 notes.append(f"{row.name} {what}: {args.runs - kept} run(s) failed: {series.error}")
+    if to_start:
+        notes.append(f"the started servers kept their data in {args.data_dir}")
     for note in notes:
         print(f"note: {note}")
 
