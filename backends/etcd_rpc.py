@@ -156,7 +156,9 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-async def settled(awaitable: Awaitable[T], call: Any, *, cancel_call: bool = True) -> T:
+async def settled(
+    awaitable: Awaitable[T], call: Any, *, cancel_call: bool = True, until_call_ends: bool = False
+) -> T:
     """Await a grpc.aio awaitable (a unary call, a stream's read/write) the anyio way.
 
     grpc.aio must never be awaited straight from an anyio task: its awaitables
@@ -174,20 +176,31 @@ async def settled(awaitable: Awaitable[T], call: Any, *, cancel_call: bool = Tru
     """
     task = asyncio.ensure_future(awaitable)
     task.add_done_callback(_retrieve)
-    return await wait_task(task, call, cancel_call=cancel_call)
+    return await wait_task(task, call, cancel_call=cancel_call, until_call_ends=until_call_ends)
 
 
-async def wait_task(task: asyncio.Future[T], call: Any, *, cancel_call: bool = True) -> T:
-    """Wait for a helper task of :func:`settled` through an anyio Event."""
+async def wait_task(
+    task: asyncio.Future[T], call: Any, *, cancel_call: bool = True, until_call_ends: bool = False
+) -> T:
+    """Wait for a helper task of :func:`settled` through an anyio Event.
+
+    With ``until_call_ends`` the wait also ends when the call does (a stream
+    write that grpc would leave pending forever once its call is cancelled).
+    """
     if not task.done():
         finished = anyio.Event()
         task.add_done_callback(lambda _task: finished.set())
+        if until_call_ends:
+            call.add_done_callback(lambda _call: finished.set())
         try:
             await finished.wait()
         except BaseException:
             if cancel_call:
                 _abandon(call, task)
             raise
+        if not task.done():  # the call ended under a write that will never finish
+            _abandon(call, task)
+            raise ConnectionLostError("the etcd stream ended")
     if task.cancelled():
         raise ConnectionLostError("the etcd call was cancelled (channel closed or call abandoned)")
     try:
@@ -227,7 +240,7 @@ class Stream:
         return bool(self.call.done())
 
     async def write(self, request: Any) -> None:
-        await settled(self.call.write(request), self.call)
+        await settled(self.call.write(request), self.call, until_call_ends=True)
 
     async def read(self, *, keep_on_cancel: bool = False) -> Any:
         """The next message, or ``grpc.aio.EOF`` at the end of the stream."""

@@ -17,12 +17,14 @@ from collections import Counter
 import anyio
 import pytest
 from aetcd import rpc
+from etcd_servers import free_port
 
 import coordkit
-from coordkit import Client, CoordkitError, EventType, NodeExistsError
+from coordkit import Client, ConnectionLostError, CoordkitError, EventType, NodeExistsError
 from coordkit.backends import etcd_ops as ops
 from coordkit.backends.etcd_backend import EtcdBackend
 from coordkit.backends.etcd_keys import prefix_end
+from coordkit.backends.etcd_rpc import EtcdChannel
 from coordkit.txn import Compare, CreateOp
 
 pytestmark = [pytest.mark.anyio, pytest.mark.etcd]
@@ -229,3 +231,26 @@ async def test_a_cancelled_open_leaves_no_lease_or_key_behind(etcd_url: str) -> 
         assert opened < 12, "no open was cancelled: the deadlines are too long"
         assert await raw_keys(observer) == keys
         assert await leases(observer) <= granted, "a cancelled open left its lease alive"
+
+
+async def test_a_stream_write_waiting_for_a_connection_ends_when_its_call_is_cancelled(
+    etcd_url: str,
+) -> None:
+    # Nothing listens on the port: with wait_for_ready the write waits to
+    # connect. grpc leaves such a write pending forever once its call is
+    # cancelled (e.g. by closing the channel); the backend must not wait on it.
+    channel = EtcdChannel(f"127.0.0.1:{free_port()}", timeout=5)
+    try:
+        stream = channel.stream(channel.watch.Watch)
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+
+                async def write() -> None:
+                    with pytest.raises(ConnectionLostError):
+                        await stream.write(rpc.WatchRequest())
+
+                tg.start_soon(write)
+                await anyio.wait_all_tasks_blocked()
+                stream.call.cancel()
+    finally:
+        await channel.close()
