@@ -308,6 +308,14 @@ class WatchStream:
         return Event(kind, path, node, revision), 0
 
     async def _build_deleted(self, record: _Record) -> tuple[Event | None, int]:
+        # Await every read before changing any state, so a cancelled __anext__
+        # can build this record again from scratch.
+        found: tuple[str, Any, Any] | None = None
+        for ancestor, result in record.ancestor_reads:
+            stat = await self._read(result)
+            if stat is not None:
+                found = (ancestor, stat, result)
+                break
         path = record.path
         node = self._delivered.pop(path, None)
         self._delivered_revision.pop(path, None)
@@ -315,10 +323,8 @@ class WatchStream:
             self._pending_create.discard(path)  # created and deleted before its read
             return None, 0
         revision, cover = self.last_revision, 0
-        for ancestor, result in record.ancestor_reads:
-            stat = await self._read(result)
-            if stat is None:
-                continue
+        if found is not None:
+            ancestor, stat, result = found
             key = (ancestor, stat.pzxid, stat.cversion)
             last = self._last_delete
             if last is not None and last[0] == key:
@@ -328,7 +334,6 @@ class WatchStream:
             self._last_delete = (key, revision)
             if self._covered(record, result):
                 cover = getattr(result, "notified", 0)
-            break
         return Event(EventType.DELETED, path, node, revision), cover
 
     async def _check_gap(self, since_zxid: int) -> None:
