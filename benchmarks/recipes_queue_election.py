@@ -46,6 +46,7 @@ existing server instead.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import shutil
@@ -230,8 +231,6 @@ def started_servers(wanted: list[str], notes: list[str], data_dir: str) -> Itera
 
 
 def _importable(name: str) -> bool:
-    import importlib.util
-
     return importlib.util.find_spec(name) is not None
 
 
@@ -332,8 +331,8 @@ def main() -> None:
             rows.append(row)
             plan.append((row, url, Election))
             if native:
-                generic = Row(f"{name} (generic Election)", None, None, Series())
-                generic.expire = Series() if can_expire else None
+                generic_expire = Series() if can_expire else None
+                generic = Row(f"{name} (generic Election)", None, generic_expire, Series())
                 rows.append(generic)
                 plan.append((generic, url, GenericElection))
 
