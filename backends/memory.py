@@ -54,7 +54,8 @@ __all__ = ["MemoryBackend", "drop_store"]
 class _Watcher:
     path: str
     recursive: bool
-    send: MemoryObjectSendStream[Event]
+    #: events, or None: "a session deadline changed, look again" (see ``abandon``).
+    send: MemoryObjectSendStream[Event | None]
 
 
 class _SharedStore:
@@ -86,6 +87,15 @@ class _SharedStore:
             if callback is not None:
                 callback()
         return result
+
+    def abandon(self, session_id: int, deadline: float) -> None:
+        """Give a vanished client's session a deadline; waiting watches re-plan their wait."""
+        self.abandoned[session_id] = deadline
+        for watcher in list(self.watchers):
+            try:
+                watcher.send.send_nowait(None)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                self.watchers.discard(watcher)
 
     def next_deadline(self) -> float | None:
         return min(self.abandoned.values(), default=None)
@@ -126,7 +136,9 @@ def drop_store(name: str = "") -> None:
 
 
 class _WatchIterator:
-    def __init__(self, receive: MemoryObjectReceiveStream[Event], shared: _SharedStore) -> None:
+    def __init__(
+        self, receive: MemoryObjectReceiveStream[Event | None], shared: _SharedStore
+    ) -> None:
         self._receive = receive
         self._shared = shared
 
@@ -137,13 +149,17 @@ class _WatchIterator:
         while True:
             self._shared.expire_due()
             deadline = self._shared.next_deadline()
+            event: Event | None = None
             try:
-                if deadline is None:
-                    return await self._receive.receive()
-                with anyio.move_on_after(max(deadline - time.monotonic(), 0.0)):
-                    return await self._receive.receive()
+                with anyio.move_on_after(
+                    math.inf if deadline is None else max(deadline - time.monotonic(), 0.0)
+                ):
+                    event = await self._receive.receive()
             except (anyio.EndOfStream, anyio.ClosedResourceError):
                 raise ClientClosedError("the client closed while watching") from None
+            if event is not None:
+                return event
+            # The deadline passed, or a new one was set: expire what is due and wait again.
 
 
 class MemoryBackend(Backend):
@@ -195,7 +211,7 @@ class MemoryBackend(Backend):
         await anyio.lowlevel.checkpoint()
         session = self._session
         if session is not None and self._shared.owners.pop(session.id, None) is not None:
-            self._shared.abandoned[session.id] = time.monotonic() + session.ttl
+            self._shared.abandon(session.id, time.monotonic() + session.ttl)
         self._stop()
 
     async def expire_session(self) -> None:
@@ -290,7 +306,7 @@ class MemoryBackend(Backend):
     ) -> AsyncIterator[AsyncIterator[Event]]:
         if not self._open:
             raise ClientClosedError("the memory backend is closed")
-        send, receive = anyio.create_memory_object_stream[Event](math.inf)
+        send, receive = anyio.create_memory_object_stream[Event | None](math.inf)
         watcher = _Watcher(path, recursive, send)
         with receive:  # closed on every way out, including a CompactedError from the replay
             try:

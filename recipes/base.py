@@ -325,12 +325,17 @@ class SequentialLock(abc.ABC):
         Successive holders of a lock get strictly increasing tokens; pass it to
         the resource you protect so it can refuse a holder that lost the lock.
         """
-        return self._token if self._node is not None else None
+        return self._token if self.is_held else None
 
     @property
     def is_held(self) -> bool:
         """Whether this object holds it: acquired, not released, session not lost."""
         return self._node is not None and self._session is not None and not self._session.lost
+
+    @property
+    def _acquired(self) -> bool:
+        """Acquired and not released, whether or not the session has since ended."""
+        return self._node is not None
 
     @property
     def lost(self) -> bool:
@@ -367,6 +372,10 @@ class SequentialLock(abc.ABC):
         Cancellation and errors delete the node too (shielded). If the
         session ends while we wait, raises :class:`SessionExpiredError`.
         """
+        if self._node is not None and self._session is not None and self._session.lost:
+            # Held under a session that has ended: the node went with it. Start afresh.
+            self._node = self._token = self._session = None
+            self._count = 0
         if self._node is not None:
             if not self.reentrant:
                 raise RecipeStateError(

@@ -120,7 +120,7 @@ class Election:
 
         Shielded from cancellation, and safe after the session was lost.
         """
-        if self._candidacy.token is not None:  # leading, or led until the session was lost
+        if self._candidacy._acquired:  # leading, or led until the session was lost
             await self._candidacy.release()
 
     async def leader(self) -> str | None:

@@ -92,14 +92,19 @@ class Group:
                 return
 
     async def _create(self, session: Session) -> None:
-        try:
-            await self.client.create(self._node, self.data, ephemeral=True, make_parents=True)
-        except NodeExistsError:
-            node = await self.client.get(self._node)
-            if node is None or node.ephemeral_owner != session.id:
+        while True:
+            try:
+                await self.client.create(self._node, self.data, ephemeral=True, make_parents=True)
+                return
+            except NodeExistsError:
+                node = await self.client.get(self._node)
+            if node is None:
+                continue  # its holder left between our create and our read: try again
+            if node.ephemeral_owner != session.id:
                 raise NodeExistsError(
                     f"member {self.member_id!r} of {self.path} is held by another session"
-                ) from None
+                )
+            return  # already ours (a retried join)
 
     async def leave(self) -> None:
         """Remove this member; a no-op if it is not in the group (any more).

@@ -8,6 +8,7 @@ import anyio
 import pytest
 
 import coordkit
+from coordkit import Capability
 from coordkit.recipes.election import Election
 
 pytestmark = pytest.mark.anyio
@@ -147,8 +148,11 @@ async def test_a_dead_leader_is_replaced_within_the_ttl(backend_url: str, fault:
             finally:
                 old_done.set()
 
+        heir_tokens: list[int | None] = []
+
         async def succeed() -> None:
             await heir.campaign()
+            heir_tokens.append(heir.token)  # while leading (after the clients close it is None)
             heir_leads.set()
 
         async with (
@@ -169,7 +173,28 @@ async def test_a_dead_leader_is_replaced_within_the_ttl(backend_url: str, fault:
                     await old_done.wait()
             tg.cancel_scope.cancel()  # after abort the old process is simply gone
     assert seen == ["old", "heir"]
-    assert heir.token is not None and old_token is not None and heir.token > old_token
+    (heir_token,) = heir_tokens
+    assert heir_token is not None and old_token is not None and heir_token > old_token
     if fault == "expire_session":
         assert body == ["started", "lost"]
         assert old.lost and not old.is_leader
+
+
+async def test_a_leader_whose_session_expired_can_campaign_again(backend_url: str) -> None:
+    async with coordkit.connect(backend_url, session_ttl=2.0) as client:
+        if Capability.EXPIRE_SESSION not in client.capabilities:
+            pytest.skip(f"{type(client.backend).__name__} cannot expire a session on demand")
+        election = Election(client, "/election/again", "a")
+        with anyio.fail_after(10):
+            await election.campaign()
+            first = election.token
+            assert first is not None
+            await client.expire_session()
+            await election.wait_lost()
+            assert not election.is_leader and election.lost
+            assert election.token is None  # no fencing token without leadership
+            await election.campaign()  # no resign() needed first
+        assert election.is_leader and not election.lost
+        assert election.token is not None and election.token > first
+        await election.resign()
+        assert await election.leader() is None

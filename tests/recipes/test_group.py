@@ -39,6 +39,25 @@ async def test_a_member_id_taken_by_another_session_is_refused(backend_url: str)
             Group(a, "/groups/unique", "a/b")
 
 
+async def test_an_id_freed_between_our_create_and_our_read_is_joined(backend_url: str) -> None:
+    async with coordkit.connect(backend_url) as a, coordkit.connect(backend_url) as b:
+        holder = Group(a, "/groups/race", "m")
+        await holder.join()
+        read = b.get
+
+        async def get_after_the_holder_leaves(path: str, **options: bool) -> coordkit.Node | None:
+            # The interleaving under test: B's create failed, then the holder left.
+            await holder.leave()
+            return await read(path, **options)
+
+        b.get = get_after_the_holder_leaves  # type: ignore[method-assign]
+        late = Group(b, "/groups/race", "m")
+        await late.join()
+        assert late.joined
+        node = await read("/groups/race/m")
+        assert node is not None and node.ephemeral_owner == b.session.id
+
+
 async def test_watch_reports_each_membership_change(backend_url: str) -> None:
     async with AsyncExitStack() as stack:
         watcher = await stack.enter_async_context(coordkit.connect(backend_url))
