@@ -6,9 +6,10 @@ median of several runs; the ratio column compares with the reference row:
 kazoo's own Lock on the same ZooKeeper when a ZooKeeper URL is given, else the
 first row.
 
-    python benchmarks/recipes_lock.py                       # memory only
-    python benchmarks/recipes_lock.py --etcd etcd://127.0.0.1:2379 \\
-        --zookeeper zookeeper://127.0.0.1:2181 --raft raft://127.0.0.1:7001,...
+    python benchmarks/recipes_lock.py                    # memory, plus etcd and ZooKeeper
+                                                         # started here (benchmarks/servers.py)
+    python benchmarks/recipes_lock.py --backends memory,zookeeper --runs 3
+    python benchmarks/recipes_lock.py --etcd etcd://10.0.0.5:2379/bench   # an existing server
 
 URLs may also come from COORDKIT_BENCH_ETCD, COORDKIT_BENCH_ZOOKEEPER and
 COORDKIT_BENCH_RAFT. A benchmark, not a test: nothing here asserts timings.
@@ -17,14 +18,18 @@ COORDKIT_BENCH_RAFT. A benchmark, not a test: nothing here asserts timings.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import statistics
+import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import anyio
@@ -32,6 +37,9 @@ import anyio
 import coordkit
 from coordkit.plugins import native_recipe
 from coordkit.recipes.lock import Lock
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from servers import started_servers
 
 CONTENDERS = 8
 
@@ -119,30 +127,52 @@ def measure(name: str, run: Callable[[], float], runs: int) -> Row:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--backends",
+        default="memory,etcd,zookeeper",
+        help="comma-separated, from memory, etcd, zookeeper, raft (raft needs --raft URL)",
+    )
     parser.add_argument("--etcd", default=os.environ.get("COORDKIT_BENCH_ETCD"))
     parser.add_argument("--zookeeper", default=os.environ.get("COORDKIT_BENCH_ZOOKEEPER"))
     parser.add_argument("--raft", default=os.environ.get("COORDKIT_BENCH_RAFT"))
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=2.0, help="length of one run")
+    parser.add_argument(
+        "--data-dir",
+        default=tempfile.gettempdir(),
+        help="where started servers keep their data (a tmpfs makes their fsyncs free)",
+    )
     args = parser.parse_args()
+    logging.getLogger("kazoo").setLevel(logging.CRITICAL)
+    wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
+    given = {"etcd": args.etcd, "zookeeper": args.zookeeper, "raft": args.raft}
+    notes: list[str] = []
+    if "raft" in wanted and not args.raft:
+        notes.append("raft skipped: give --raft URL (the script does not start a Raft cluster)")
+    to_start = [b for b in ("etcd", "zookeeper") if b in wanted and not given[b]]
 
     def on(url: str, lock_class: type[Lock] = Lock) -> Callable[[], float]:
         return lambda: anyio.run(coordkit_run, url, lock_class, args.seconds)
 
-    rows: list[Row] = []
-    reference: Row | None = None
-    targets = [("memory", "memory://bench")]
-    targets += [(n, u) for n, u in (("raft", args.raft), ("etcd", args.etcd)) if u]
-    targets += [("zookeeper", args.zookeeper)] if args.zookeeper else []
-    for name, url in targets:
-        native = native_recipe(coordkit.connect(url).backend, "Lock") is not None
-        rows.append(measure(f"{name} Lock{' (native)' if native else ''}", on(url), args.runs))
-        if native:
-            rows.append(measure(f"{name} Lock (generic)", on(url, GenericLock), args.runs))
-    if args.zookeeper:
-        kazoo = lambda: kazoo_run(args.zookeeper, args.seconds)  # noqa: E731
-        reference = measure("zookeeper kazoo.Lock (reference)", kazoo, args.runs)
-        rows.append(reference)
+    with started_servers(to_start, notes, args.data_dir) as started:
+        urls = {"memory": "memory://bench"}
+        for name in ("raft", "etcd", "zookeeper"):
+            url = given[name] or started.get(name)
+            if name in wanted and url:
+                urls[name] = url
+        rows: list[Row] = []
+        reference: Row | None = None
+        for name, url in urls.items():
+            native = native_recipe(coordkit.connect(url).backend, "Lock") is not None
+            label = f"{name} Lock{' (native)' if native else ''}"
+            rows.append(measure(label, on(url), args.runs))
+            if native:
+                rows.append(measure(f"{name} Lock (generic)", on(url, GenericLock), args.runs))
+        if "zookeeper" in urls:
+            zookeeper = urls["zookeeper"]
+            kazoo = lambda: kazoo_run(zookeeper, args.seconds)  # noqa: E731
+            reference = measure("zookeeper kazoo.Lock (reference)", kazoo, args.runs)
+            rows.append(reference)
     reference = reference or rows[0]
 
     print(f"lock handoffs/s, {CONTENDERS} contenders, median of {args.runs} x {args.seconds}s")
@@ -152,6 +182,8 @@ def main() -> None:
             f"{row.name:<36} {row.median:>10.0f} {min(row.rates):>10.0f} "
             f"{max(row.rates):>10.0f} {row.median / reference.median:>7.2f}"
         )
+    for note in notes:
+        print(f"note: {note}")
 
 
 if __name__ == "__main__":

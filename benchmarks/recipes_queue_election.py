@@ -46,16 +46,14 @@ existing server instead.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import os
-import shutil
 import statistics
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import AsyncExitStack, aclosing, contextmanager, suppress
+from collections.abc import Callable
+from contextlib import AsyncExitStack, aclosing, suppress
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -69,7 +67,9 @@ from coordkit.plugins import native_recipe
 from coordkit.recipes.election import Election
 from coordkit.recipes.queue import Queue
 
-SUPPORT = Path(__file__).resolve().parents[1] / "tests" / "support"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from servers import started_servers
+
 BACKENDS = ("memory", "etcd", "zookeeper", "raft")
 #: bound on one measured run; a run that takes longer is reported as failed.
 RUN_TIMEOUT = 120.0
@@ -183,55 +183,6 @@ async def failover_run(url: str, fault: str, election_class: type[Election]) -> 
         with suppress(NoNodeError):  # a native election keeps its keys outside the tree
             await heir_client.delete(path, recursive=True)
     return seen_at - killed_at
-
-
-# -- servers -----------------------------------------------------------------------
-
-
-@contextmanager
-def started_servers(wanted: list[str], notes: list[str], data_dir: str) -> Iterator[dict[str, str]]:
-    """Start a local etcd / ZooKeeper for each wanted one that is installed; yield URLs.
-
-    Both keep their data under ``data_dir``: both fsync their logs, so the
-    storage under it matters as much as the engine.
-    """
-    urls: dict[str, str] = {}
-    sys.path.insert(0, str(SUPPORT))
-    with tempfile.TemporaryDirectory(prefix="coordkit-bench-", dir=data_dir) as root:
-        stops: list[Callable[[], None]] = []
-        try:
-            if "etcd" in wanted:
-                import etcd_servers
-
-                if not Path(etcd_servers.ETCD).exists():
-                    notes.append(f"etcd skipped: {etcd_servers.MISSING_ETCD}")
-                elif not _importable("aetcd"):
-                    notes.append(f"etcd skipped: {etcd_servers.MISSING_CLIENT}")
-                else:
-                    (Path(root) / "etcd").mkdir()
-                    cluster = etcd_servers._start_cluster(1, Path(root) / "etcd")
-                    stops.append(cluster.stop)
-                    urls["etcd"] = cluster.url("/bench")
-            if "zookeeper" in wanted:
-                import zookeeper_servers as zk
-
-                if shutil.which("java") is None or not zk.ZOOKEEPER_JAR.exists():
-                    notes.append(f"zookeeper skipped: {zk.INSTALL_HINT}")
-                elif not _importable("kazoo"):
-                    notes.append("zookeeper skipped: pip install 'coordkit[zookeeper]'")
-                else:
-                    ensemble = zk.make_standalone(Path(root))
-                    stops.append(ensemble.stop)
-                    ensemble.start()
-                    urls["zookeeper"] = ensemble.url("/bench")
-            yield urls
-        finally:
-            for stop in reversed(stops):
-                stop()
-
-
-def _importable(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
 
 
 # -- the table -----------------------------------------------------------------------
