@@ -72,6 +72,7 @@ _CHANNEL_OPTIONS = [
     # open (the lease keepalive), so pings are only sent with calls active.
     ("grpc.keepalive_time_ms", 6000),
     ("grpc.keepalive_timeout_ms", 3000),
+    ("grpc.http2.ping_timeout_ms", 3000),  # what newer grpc cores time pings by
     ("grpc.keepalive_permit_without_calls", 0),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 16 * 1024 * 1024),

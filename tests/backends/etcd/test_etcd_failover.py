@@ -1,12 +1,16 @@
 """Failover in a 3-member cluster: the session, its ephemerals, a watch and a Lock survive.
 
-Three cases, each killing one member (SIGKILL, a crash):
+Four cases, each taking one member out:
 
-- ``connected``: the member the client talks to, a follower: the client must
-  move to another member (pick_first over the URL's addresses);
-- ``leader``: the leader, while the client talks to a follower: the others
-  elect a new leader and the client's member follows it;
-- ``connected-leader``: both at once.
+- ``connected``: kill (SIGKILL, a crash) the member the client talks to, a
+  follower: the client must move to another member (pick_first over the
+  URL's addresses);
+- ``leader``: kill the leader, while the client talks to a follower: the
+  others elect a new leader and the client's member follows it;
+- ``connected-leader``: both at once;
+- ``frozen``: freeze (SIGSTOP) the member the client talks to: its TCP
+  connections stay up and nothing answers; HTTP/2 keepalive pings must find
+  out (within ~9 s) and the client move on.
 
 The test checks which member the client really uses (``status().details``),
 waits on conditions only, and is bounded by ``anyio.fail_after``.
@@ -66,7 +70,7 @@ async def wait_for_a_leader_other_than(client: Client, victim: EtcdMember) -> No
         await anyio.sleep(0.05)
 
 
-@pytest.mark.parametrize("case", ["connected", "leader", "connected-leader"])
+@pytest.mark.parametrize("case", ["connected", "leader", "connected-leader", "frozen"])
 async def test_client_keeps_its_session_watch_and_lock_when_a_member_dies(
     etcd_cluster_url: str, etcd_cluster: EtcdCluster, case: str
 ) -> None:
@@ -74,12 +78,17 @@ async def test_client_keeps_its_session_watch_and_lock_when_a_member_dies(
     leader = await anyio.to_thread.run_sync(cluster.leader)
     follower = next(m for m in cluster.members if m is not leader)
     connected = leader if case == "connected-leader" else follower
-    victim = follower if case == "connected" else leader
+    victim = follower if case in ("connected", "frozen") else leader
+    # A frozen member is noticed by keepalive pings (6 s + 3 s): the session
+    # and each call must outlast that.
+    ttl, timeout = (15, 30) if case == "frozen" else (TTL, 10)
     survivor = next(m for m in cluster.members if m is not victim)
     prefix = urlsplit(etcd_cluster_url).path
     async with (
-        coordkit.connect(url_for(cluster, connected, prefix), session_ttl=TTL) as client,
-        coordkit.connect(url_for(cluster, survivor, prefix), session_ttl=TTL) as rival,
+        coordkit.connect(
+            url_for(cluster, connected, prefix), session_ttl=ttl, timeout=timeout
+        ) as client,
+        coordkit.connect(url_for(cluster, survivor, prefix), session_ttl=ttl) as rival,
     ):
         assert await member_in_use(client) == connected.name
         assert await member_in_use(rival) != victim.name
@@ -93,9 +102,12 @@ async def test_client_keeps_its_session_watch_and_lock_when_a_member_dies(
 
         async with client.watch("/jobs", recursive=True) as events:
             killed_at = time.monotonic()
-            await anyio.to_thread.run_sync(lambda: victim.stop(kill=True))
+            if case == "frozen":
+                victim.freeze()
+            else:
+                await anyio.to_thread.run_sync(lambda: victim.stop(kill=True))
             try:
-                with anyio.fail_after(30):
+                with anyio.fail_after(40):
                     # reads fail over at once; writes wait for a live leader
                     await wait_for_a_leader_other_than(client, victim)
                     await wait_for_a_leader_other_than(rival, victim)
@@ -140,6 +152,8 @@ async def test_client_keeps_its_session_watch_and_lock_when_a_member_dies(
                         assert again.token is not None and again.token > their_token
             finally:
                 with anyio.fail_after(30):
-                    await anyio.to_thread.run_sync(victim.start)
+                    if case == "frozen":
+                        victim.thaw()
+                    await anyio.to_thread.run_sync(victim.start)  # (no-op if running)
                     for member in cluster.members:
                         await anyio.to_thread.run_sync(member.wait_healthy)
