@@ -80,6 +80,8 @@ class ZooKeeperBackend(Backend):
         self._closed = False
         #: set while a live session is in place; cleared from expiry until kazoo's new one.
         self._session_ready = anyio.Event()
+        #: set while kazoo is connected to a server; cleared while it reconnects.
+        self._connected = anyio.Event()
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -112,6 +114,7 @@ class ZooKeeperBackend(Backend):
             ) from exc
         self._session = Session(client.client_id[0], self._options.session_ttl)
         self._session_ready.set()
+        self._connected.set()
         if self._chroot:
             await self._ensure_chroot()
             client.chroot = self._chroot
@@ -204,6 +207,10 @@ class ZooKeeperBackend(Backend):
         session = self._session
         if session is None or self._closed:
             return
+        if state in (KazooState.SUSPENDED, KazooState.LOST) and self._connected.is_set():
+            self._connected = anyio.Event()
+        elif state == KazooState.CONNECTED:
+            self._connected.set()
         if state == KazooState.SUSPENDED:
             session.mark_suspended()
         elif state == KazooState.LOST:
@@ -256,7 +263,12 @@ class ZooKeeperBackend(Backend):
                 except ConnectionLostError:
                     if self._closed:
                         raise
-                    await anyio.sleep(0.05)  # kazoo is reconnecting; poll its queue again
+                    if self._connected.is_set():
+                        # Kazoo failed the request before telling us it is
+                        # reconnecting (its state change is on its way).
+                        await anyio.sleep(0.05)
+                    else:
+                        await self._connected.wait()  # kazoo is reconnecting
 
     async def _sync(self) -> None:
         await self._call(self._kazoo.sync_async("/"))
