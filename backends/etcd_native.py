@@ -67,8 +67,20 @@ class _Contender:
 
     @property
     def token(self) -> int | None:
-        """While held: our key's create revision (strictly increases from holder to holder)."""
-        return self._token if self._key is not None else None
+        """While held: our key's create revision (strictly increases from holder to
+        holder). None once the session it was acquired under has ended."""
+        if self._key is None or self._session is None or self._session.lost:
+            return None
+        return self._token
+
+    async def _forget_lost(self) -> None:
+        """Held under a session that has ended: the key went with the lease (we
+        delete it anyway, in case the server has not noticed yet) and the local
+        turn is given back, so the object can acquire or campaign afresh."""
+        if self._key is not None and self._session is not None and self._session.lost:
+            self._session, self._lost = None, True
+            await self._drop_key()
+            self._leave_turn()
 
     @property
     def lost(self) -> bool:
@@ -247,6 +259,9 @@ class EtcdLock(_Contender):
         return await self._contender_values()
 
     async def acquire(self, timeout: float | None = None, blocking: bool = True) -> bool:
+        """Queue and wait our turn; True once held, False on timeout (or at once
+        with ``blocking=False``). A lock lost with its session is acquired afresh."""
+        await self._forget_lost()
         if self._key is not None:
             if not self.reentrant:
                 raise RuntimeError(
@@ -332,7 +347,9 @@ class EtcdElection(_Contender):
         return self._key is not None and self._session is not None and not self._session.lost
 
     async def campaign(self) -> None:
-        """Block until this candidate leads. Cancellation withdraws the candidacy."""
+        """Block until this candidate leads. Cancellation withdraws the candidacy.
+        A leadership lost with its session is not in the way: campaign again."""
+        await self._forget_lost()
         if self._key is not None:
             raise RuntimeError(f"EtcdElection on {self.path} is already campaigning or leading")
         self._lost = False

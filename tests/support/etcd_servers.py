@@ -9,6 +9,7 @@ for it (the failover tests).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -21,11 +22,15 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
+
+AsyncTest = Callable[..., Awaitable[None]]
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
@@ -33,6 +38,21 @@ MISSING_ETCD = "etcd is not installed: apt-get install etcd-server etcd-client"
 MISSING_CLIENT = "the etcd client library is missing: pip install 'coordkit[etcd]'"
 TRIO_SKIP = "etcd backend: grpc.aio (the transport under aetcd) runs on asyncio only"
 START_TIMEOUT = 20.0
+
+
+def bounded(seconds: float) -> Callable[[AsyncTest], AsyncTest]:
+    """Decorate an async test to fail with TimeoutError after ``seconds``
+    (``anyio.fail_after`` around the whole test, fixtures excluded)."""
+
+    def decorate(test: AsyncTest) -> AsyncTest:
+        @functools.wraps(test)
+        async def run(*args: Any, **kwargs: Any) -> None:
+            with anyio.fail_after(seconds):
+                await test(*args, **kwargs)
+
+        return run
+
+    return decorate
 
 
 def data_root() -> str | None:

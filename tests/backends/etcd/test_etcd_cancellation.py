@@ -17,7 +17,7 @@ from collections import Counter
 import anyio
 import pytest
 from aetcd import rpc
-from etcd_servers import free_port
+from etcd_servers import bounded, free_port
 
 import coordkit
 from coordkit import Client, ConnectionLostError, CoordkitError, EventType, NodeExistsError
@@ -54,6 +54,7 @@ async def round_trip(client: Client) -> float:
     return max((anyio.current_time() - started) / 2, 0.0005)
 
 
+@bounded(90)
 async def test_cancelled_calls_end_every_task_and_leave_whole_nodes_or_none(
     etcd_url: str,
 ) -> None:
@@ -156,6 +157,7 @@ async def test_cancelled_calls_end_every_task_and_leave_whole_nodes_or_none(
         assert reply.TTL == -1, "the closed session's lease is still alive"
 
 
+@bounded(90)
 async def test_cancelled_watch_reads_lose_and_repeat_nothing(etcd_url: str) -> None:
     rng = random.Random(SEED + 1)
     async with coordkit.connect(etcd_url) as client, coordkit.connect(etcd_url) as writer:
@@ -194,6 +196,7 @@ async def test_cancelled_watch_reads_lose_and_repeat_nothing(etcd_url: str) -> N
         assert cancelled >= 10, f"only {cancelled} reads were cancelled"
 
 
+@bounded(90)
 async def test_calls_in_flight_when_the_client_aborts_fail_loudly(etcd_url: str) -> None:
     errors: list[BaseException] = []
     async with coordkit.connect(etcd_url) as client:
@@ -225,6 +228,7 @@ async def leases(client: Client) -> set[int]:
     return {int(lease.ID) for lease in reply.leases}
 
 
+@bounded(90)
 async def test_a_cancelled_open_leaves_no_lease_or_key_behind(etcd_url: str) -> None:
     async with coordkit.connect(etcd_url) as observer:
         keys, granted = await raw_keys(observer), await leases(observer)
@@ -242,6 +246,7 @@ async def test_a_cancelled_open_leaves_no_lease_or_key_behind(etcd_url: str) -> 
         assert await leases(observer) <= granted, "a cancelled open left its lease alive"
 
 
+@bounded(90)
 async def test_a_stream_write_waiting_for_a_connection_ends_when_its_call_is_cancelled(
     etcd_url: str,
 ) -> None:

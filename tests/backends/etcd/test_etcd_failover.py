@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import anyio
 import pytest
 from aetcd import rpc
-from etcd_servers import EtcdCluster, EtcdMember
+from etcd_servers import EtcdCluster, EtcdMember, bounded
 
 import coordkit
 from coordkit import Client, EventType
@@ -71,6 +71,7 @@ async def wait_for_a_leader_other_than(client: Client, victim: EtcdMember) -> No
 
 
 @pytest.mark.parametrize("case", ["connected", "leader", "connected-leader", "frozen"])
+@bounded(120)
 async def test_client_keeps_its_session_watch_and_lock_when_a_member_dies(
     etcd_cluster_url: str, etcd_cluster: EtcdCluster, case: str
 ) -> None:
@@ -151,7 +152,9 @@ async def test_client_keeps_its_session_watch_and_lock_when_a_member_dies(
                     async with Lock(client, "/locks/failover") as again:
                         assert again.token is not None and again.token > their_token
             finally:
-                with anyio.fail_after(30):
+                # shielded: the next tests need the whole cluster back, even
+                # if this one timed out
+                with anyio.CancelScope(shield=True), anyio.fail_after(30):
                     if case == "frozen":
                         victim.thaw()
                     await anyio.to_thread.run_sync(victim.start)  # (no-op if running)

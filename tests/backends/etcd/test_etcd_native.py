@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
@@ -9,7 +10,7 @@ from urllib.parse import urlsplit
 import anyio
 import pytest
 from anyio.abc import Process
-from etcd_servers import ETCDCTL, EtcdCluster
+from etcd_servers import ETCDCTL, EtcdCluster, bounded
 
 import coordkit
 import coordkit.plugins
@@ -33,7 +34,7 @@ async def etcdctl(server: EtcdCluster, *args: str) -> AsyncIterator[Process]:
         try:
             yield process
         finally:
-            process.send_signal(2)  # SIGINT: etcdctl releases and closes its session
+            process.send_signal(signal.SIGINT)  # etcdctl releases and closes its session
             with anyio.fail_after(10):
                 await process.wait()
 
@@ -47,6 +48,7 @@ async def first_line(process: Process) -> str:
     return data.split(b"\n", 1)[0].decode()
 
 
+@bounded(60)
 async def test_generic_lock_and_election_resolve_to_the_etcd_native_classes(
     etcd_url: str,
 ) -> None:
@@ -56,6 +58,7 @@ async def test_generic_lock_and_election_resolve_to_the_etcd_native_classes(
         assert native is EtcdElection
 
 
+@bounded(60)
 async def test_etcdctl_lock_blocks_a_coordkit_lock_until_it_releases(
     etcd_url: str, etcd_server: EtcdCluster
 ) -> None:
@@ -75,6 +78,7 @@ async def test_etcdctl_lock_blocks_a_coordkit_lock_until_it_releases(
         await lock.release()
 
 
+@bounded(60)
 async def test_coordkit_lock_blocks_etcdctl_lock_until_released(
     etcd_url: str, etcd_server: EtcdCluster
 ) -> None:
@@ -93,6 +97,7 @@ async def test_coordkit_lock_blocks_etcdctl_lock_until_released(
                 assert (await first_line(waiter)).startswith(name + "/")
 
 
+@bounded(60)
 async def test_etcdctl_elect_leads_and_coordkit_follows_then_takes_over(
     etcd_url: str, etcd_server: EtcdCluster
 ) -> None:
@@ -113,6 +118,7 @@ async def test_etcdctl_elect_leads_and_coordkit_follows_then_takes_over(
                 assert election.token is not None
 
 
+@bounded(60)
 async def test_etcdctl_observer_follows_a_coordkit_leader(
     etcd_url: str, etcd_server: EtcdCluster
 ) -> None:
@@ -126,6 +132,7 @@ async def test_etcdctl_observer_follows_a_coordkit_leader(
             assert (await first_line(observer)).startswith(name + "/")
 
 
+@bounded(60)
 async def test_observe_reports_each_new_leader(etcd_url: str) -> None:
     async with coordkit.connect(etcd_url) as a, coordkit.connect(etcd_url) as b:
         first, second = EtcdElection(a, "/el", "a"), EtcdElection(b, "/el", "b")
@@ -152,6 +159,7 @@ async def test_observe_reports_each_new_leader(etcd_url: str) -> None:
         await second.resign()
 
 
+@bounded(60)
 async def test_holders_never_overlap_across_clients_and_tasks(etcd_url: str) -> None:
     holding: list[str] = []
     tokens: list[int] = []
@@ -178,6 +186,7 @@ async def test_holders_never_overlap_across_clients_and_tasks(etcd_url: str) -> 
     assert len(tokens) == 27 and tokens == sorted(tokens) and len(set(tokens)) == 27
 
 
+@bounded(60)
 async def test_cancelled_and_timed_out_acquires_leave_no_key(
     etcd_url: str, etcd_server: EtcdCluster
 ) -> None:
@@ -195,6 +204,7 @@ async def test_cancelled_and_timed_out_acquires_leave_no_key(
         await holder.release()
 
 
+@bounded(60)
 async def test_expired_session_cancels_the_lock_body_and_raises_lock_lost(etcd_url: str) -> None:
     async with coordkit.connect(etcd_url) as client:
         entered = anyio.Event()
@@ -213,3 +223,27 @@ async def test_expired_session_cancels_the_lock_body_and_raises_lock_lost(etcd_u
         assert not client.session.lost
         async with Lock(client, PATH):
             pass
+
+
+@bounded(30)
+async def test_a_lock_or_leadership_lost_with_its_session_is_taken_again(etcd_url: str) -> None:
+    async with coordkit.connect(etcd_url) as client, coordkit.connect(etcd_url) as other:
+        lock = EtcdLock(client, PATH, "a")
+        election = EtcdElection(client, "/election", "a")
+        assert await lock.acquire()
+        await election.campaign()
+        first_lock, first_lead = lock.token, election.token
+        assert first_lock is not None and first_lead is not None
+        await client.expire_session()
+        await lock.wait_lost()
+        assert lock.token is None and election.token is None  # no fencing token now
+        assert not lock.is_held and not election.is_leader
+        # nothing to release or resign first; the local turn was given back
+        assert await lock.acquire(timeout=10)
+        await election.campaign()
+        assert lock.token is not None and lock.token > first_lock
+        assert election.token is not None and election.token > first_lead
+        assert await EtcdLock(other, PATH).acquire(blocking=False) is False
+        await lock.release()
+        await election.resign()
+        assert await election.leader() is None

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 import pytest
-from etcd_servers import EtcdCluster
+from etcd_servers import EtcdCluster, bounded
 
 import coordkit
 from coordkit import (
@@ -42,6 +42,7 @@ async def revision(client: Client) -> int:
     return (await client.status()).revision
 
 
+@bounded(30)
 async def test_sessions_keepalives_and_failed_calls_consume_no_revision(private_url: str) -> None:
     with anyio.fail_after(30):
         async with coordkit.connect(private_url) as observer:

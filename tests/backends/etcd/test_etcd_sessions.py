@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import anyio
 import pytest
+from etcd_servers import bounded
 
 import coordkit
 from coordkit import EventType
@@ -13,6 +14,7 @@ from coordkit.backends.etcd_backend import EtcdBackend
 pytestmark = [pytest.mark.anyio, pytest.mark.etcd]
 
 
+@bounded(30)
 async def test_expire_session_removes_ephemerals_and_opens_a_new_lease(etcd_url: str) -> None:
     async with coordkit.connect(etcd_url) as client, coordkit.connect(etcd_url) as other:
         old = client.session
@@ -27,6 +29,7 @@ async def test_expire_session_removes_ephemerals_and_opens_a_new_lease(etcd_url:
         assert again.ephemeral_owner == fresh.id
 
 
+@bounded(30)
 async def test_aborted_client_ephemerals_go_after_the_ttl(etcd_url: str) -> None:
     async with coordkit.connect(etcd_url) as observer:
         async with coordkit.connect(etcd_url, session_ttl=1) as doomed:
@@ -39,6 +42,7 @@ async def test_aborted_client_ephemerals_go_after_the_ttl(etcd_url: str) -> None
         assert event.type is EventType.DELETED and event.path == "/gone"
 
 
+@bounded(30)
 async def test_keepalive_holds_a_short_session_beyond_its_ttl(etcd_url: str) -> None:
     async with coordkit.connect(etcd_url, session_ttl=1) as client:
         backend = client.backend
