@@ -177,6 +177,19 @@ class Backend(abc.ABC):
     def session(self) -> Session:
         """The current session."""
 
+    async def live_session(self) -> Session:
+        """The current session once it is live: after a loss, the one replacing it.
+
+        The default watches :attr:`session` with a short backoff; a backend
+        that knows when its new session is in place may override this to
+        wait for exactly that. The client bounds the wait by its timeout.
+        """
+        delay = 0.005
+        while self.session.lost:
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        return self.session
+
     @abc.abstractmethod
     async def create(
         self, path: str, value: bytes, *, ephemeral: bool, sequential: bool, make_parents: bool

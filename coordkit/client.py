@@ -21,6 +21,7 @@ from .errors import (
     ConfigurationError,
     InvalidArgumentError,
     NodeExistsError,
+    SessionExpiredError,
     UnsupportedError,
     WrongTypeError,
 )
@@ -100,6 +101,27 @@ class Client:
     def session(self) -> Session:
         """The current session; after one is lost, the backend opens a new one."""
         return self._ready().session
+
+    async def live_session(self) -> Session:
+        """The current session once it is live (after a loss, the new one).
+
+        Recipes call this before they queue a node, so that acquiring again
+        right after a session expired waits for the replacement instead of
+        failing. Raises :class:`SessionExpiredError` if no live session is in
+        place within the client's operation timeout.
+        """
+        backend = self._ready()
+        session = backend.session
+        if not session.lost:
+            return session
+        try:
+            with anyio.fail_after(self.options.timeout):
+                return await backend.live_session()
+        except TimeoutError:
+            raise SessionExpiredError(
+                f"no new session within {self.options.timeout} s after session "
+                f"{session.id:#x} ended"
+            ) from None
 
     @property
     def capabilities(self) -> frozenset[Capability]:

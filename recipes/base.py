@@ -407,7 +407,7 @@ class SequentialLock(abc.ABC):
         if not self._prepared:
             await self._prepare()
             self._prepared = True
-        session = self.client.session
+        session = await self.client.live_session()  # after a loss, the new one
         node = await self._create(prefix, session)
         created.append(node.path)
         while True:

@@ -81,13 +81,11 @@ class Group:
         """
         with anyio.fail_after(self.client.options.timeout):
             while True:
-                session = self.client.session
+                session = await self.client.live_session()
                 try:
                     await self._create(session)
                 except SessionExpiredError:
-                    # The session ended under us; the backend is opening a new one.
-                    await anyio.sleep(0.05)
-                    continue
+                    continue  # the session ended under us: join under the next one
                 self.session = session
                 return
 

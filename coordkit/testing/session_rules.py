@@ -130,10 +130,12 @@ class SessionRules(ConformanceBase):
                 assert len({e.revision for e in deleted}) == 1, f"not one revision: {deleted}"
             for path in _EPHEMERALS:
                 assert await observer.get(path) is None
-            # The client keeps working, under a new session.
+            # The client keeps working, under a new session, which live_session() waits for.
             with anyio.fail_after(kit.wait_timeout):
+                live = await client.live_session()
                 node = await client.create("/e/again", ephemeral=True)
             new = client.session
+            assert live is new, "live_session() did not return the replacing session"
             assert new is not old and new.id != old.id and not new.lost
             assert node.ephemeral_owner == new.id
             assert await observer.get("/e/again") == node
