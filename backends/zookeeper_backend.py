@@ -427,10 +427,17 @@ class ZooKeeperBackend(Backend):
     async def _watch(self, path: str, recursive: bool) -> AsyncIterator[AsyncIterator[Event]]:
         if self._watches is None or self._closed:
             raise ConnectionLostError("the ZooKeeper backend is closed")
-        stream = WatchStream(await self._live(), self._bridge, path, recursive)
+        watches = self._watches
+
+        async def add() -> WatchStream:
+            # Adding a persistent watch is idempotent: retried across a reconnection,
+            # with a fresh stream each time (nothing seen by a failed attempt counts).
+            stream = WatchStream(await self._live(), self._bridge, path, recursive)
+            await watches.add(stream)
+            return stream
+
         try:
-            with anyio.fail_after(self._options.timeout):
-                await self._watches.add(stream)
+            stream = await self._retrying(add)
         except TimeoutError as exc:
             raise OperationTimeoutError("could not add the ZooKeeper watch in time") from exc
         try:

@@ -124,6 +124,8 @@ class WatchStream:
         #: the last state delivered per path, while it is known to be current.
         self._delivered: dict[str, Node] = {}
         self._delivered_revision: dict[str, int] = {}
+        #: paths the consumer was told exist -> their create_revision (for a catch-up).
+        self._present: dict[str, int] = {}
         #: paths whose CREATED was folded into a later record not yet delivered.
         self._pending_create: set[str] = set()
         #: deletes waiting for the next event to cap their revision: (event, cover seq).
@@ -147,9 +149,13 @@ class WatchStream:
             record.node_read = self.client.get_async(path)
         self._push(record)
 
-    def resync(self, since_zxid: int) -> None:
-        """The connection came back (same session): check what changed meanwhile."""
-        self._push(_Record(_RESYNC, self.root, since_zxid=since_zxid))
+    def resync(self, added: Any, since_zxid: int) -> None:
+        """The connection came back (same session) and ``added`` re-adds the watch: catch up.
+
+        ``since_zxid`` is the last zxid the connection saw before it broke:
+        every change up to it has had its notification delivered.
+        """
+        self._push(_Record(_RESYNC, self.root, node_read=added, since_zxid=since_zxid))
 
     def _push(self, record: _Record) -> None:
         with self._lock:
@@ -161,6 +167,17 @@ class WatchStream:
         self._bridge.call_soon(self._set_failure, error)
 
     # -- on the event loop ---------------------------------------------------
+
+    def set_baseline(self, stat: Any, result: Any) -> None:
+        """The watched node's stat read right after the watch was added (None: missing).
+
+        Ignored if a notification of the node already came in before the read
+        answered: its record establishes what the consumer knows.
+        """
+        if stat is None or self._covered(_Record(0, self.root), result):
+            return
+        self._present.setdefault(self.root, stat.czxid)
+        self._delivered_revision.setdefault(self.root, stat.mzxid)
 
     def _wake(self) -> None:
         self._wakeup.set()
@@ -266,7 +283,7 @@ class WatchStream:
     async def _build(self, record: _Record) -> tuple[Event | None, int]:
         """The event of ``record`` (None if folded) and, for an uncertain delete, its cover."""
         if record.kind == _RESYNC:
-            await self._check_gap(record.since_zxid)
+            await self._catch_up(record)
             return None, 0
         if record.kind == DELETED_EVENT:
             return await self._build_deleted(record)
@@ -304,6 +321,7 @@ class WatchStream:
             node = replace(node, num_children=max(children, 0))
         self._delivered[path] = node
         self._delivered_revision[path] = revision
+        self._present[path] = node.create_revision
         kind = EventType.CREATED if created else EventType.UPDATED
         return Event(kind, path, node, revision), 0
 
@@ -319,6 +337,7 @@ class WatchStream:
         path = record.path
         node = self._delivered.pop(path, None)
         self._delivered_revision.pop(path, None)
+        self._present.pop(path, None)
         if path in self._pending_create:
             self._pending_create.discard(path)  # created and deleted before its read
             return None, 0
@@ -336,36 +355,95 @@ class WatchStream:
                 cover = getattr(result, "notified", 0)
         return Event(EventType.DELETED, path, node, revision), cover
 
-    async def _check_gap(self, since_zxid: int) -> None:
-        """Raise ConnectionLostError if the watched nodes changed after ``since_zxid``."""
-        changed = False
-        if self.root != "/":
-            parent_stat = await self._read(self.client.exists_async(parent(self.root)))
-            changed = parent_stat is not None and parent_stat.pzxid > since_zxid
-        changed = changed or await self._subtree_changed(self.root, since_zxid)
-        if changed:
-            raise ConnectionLostError(
-                f"the connection to ZooKeeper was lost and {self.root!r} changed meanwhile; "
-                "events may be missing: read the current state and watch again"
-            )
+    async def _catch_up(self, record: _Record) -> None:
+        """After a reconnection: deliver what changed while away, folded, as events.
 
-    async def _subtree_changed(self, path: str, since_zxid: int) -> bool:
-        level = [path]
+        The watch was added again before this runs, so every change after that
+        has its notification queued behind this record. The watched nodes are
+        read now; a node with such a notification covered by the reads is left
+        to it, every other difference from what the consumer was told becomes
+        an event: a create or update at the state's own revision, a delete at
+        the revision the watch was re-added at (no later than any change after
+        it, no earlier than the delete itself).
+        """
+        try:
+            await self._bridge.wait(record.node_read)
+        except Exception as exc:
+            raise ConnectionLostError(
+                f"could not watch {self.root!r} again after a reconnection: {exc}"
+            ) from exc
+        readded: int = getattr(record.node_read, "zxid", 0) or self.last_revision
+        current: dict[str, Node] = {}
+        pzxids: dict[str, int] = {}
+        notified = 0
+        level = [self.root]
         while level:
-            stats = [(p, self.client.exists_async(p)) for p in level]
-            children_reads = (
-                [(p, self.client.get_children_async(p)) for p in level] if self.recursive else []
-            )
-            for _, result in stats:
-                stat = await self._read(result)
-                if stat is not None and max(stat.czxid, stat.mzxid, stat.pzxid) > since_zxid:
-                    return True
-            next_level: list[str] = []
-            for p, result in children_reads:
-                names = await self._read(result)
-                next_level.extend(join(p, decode_path(name)) for name in names or ())
-            level = next_level
-        return False
+            reads = [
+                (
+                    p,
+                    self.client.get_async(p),
+                    self.client.get_children_async(p) if self.recursive else None,
+                )
+                for p in level
+            ]
+            level = []
+            for p, got, listing in reads:
+                found = await self._read(got)
+                notified = max(notified, getattr(got, "notified", 0))
+                if found is not None:
+                    current[p] = node_from_stat(p, found[0], found[1])
+                    pzxids[p] = found[1].pzxid
+                if listing is not None:
+                    names = await self._read(listing)
+                    notified = max(notified, getattr(listing, "notified", 0))
+                    level.extend(join(p, decode_path(n)) for n in names or ())
+        with self._lock:
+            later = {r.path for r in self._records if r.kind != _RESYNC and r.seq <= notified}
+        changes: list[Event] = []
+        deletes: list[Event] = []
+        for path, node in current.items():
+            if path in later:
+                continue  # a queued notification delivers it
+            known = self._present.get(path)
+            if known is not None and known != node.create_revision:
+                deletes_first = Event(
+                    EventType.DELETED, path, self._delivered.get(path), node.create_revision
+                )
+                changes.append(deletes_first)
+                known = None
+            if known is None:
+                changes.append(Event(EventType.CREATED, path, node, node.mod_revision))
+            elif node.mod_revision > self._delivered_revision.get(path, 0):
+                changes.append(Event(EventType.UPDATED, path, node, node.mod_revision))
+        for path in list(self._present):
+            if path not in current and path not in later:
+                deletes.append(Event(EventType.DELETED, path, self._delivered.get(path), readded))
+        changes.sort(key=lambda e: e.revision)  # stable: a delete stays before its re-create
+        if self.recursive:
+            # A child that existed when the watch began was never delivered, so its
+            # delete while away shows only as a newer pzxid of its parent.
+            explained = {parent(e.path) for e in changes + deletes}
+            for path, pzxid in pzxids.items():
+                if path not in explained and path not in later and pzxid > record.since_zxid:
+                    raise ConnectionLostError(
+                        f"the connection to ZooKeeper was lost and the children of {path!r} "
+                        "changed meanwhile; events may be missing: read the current state "
+                        "and watch again"
+                    )
+        caught_up = changes + deletes
+        self._release_held(caught_up[0] if caught_up else None)
+        for event in caught_up:
+            if event.type is EventType.DELETED:
+                self._delivered.pop(event.path, None)
+                self._delivered_revision.pop(event.path, None)
+                self._present.pop(event.path, None)
+                self._pending_create.discard(event.path)
+            else:
+                assert event.node is not None
+                self._delivered[event.path] = event.node
+                self._delivered_revision[event.path] = event.revision
+                self._present[event.path] = event.node.create_revision
+            self._emit(event)
 
 
 class WatchRegistry:
@@ -409,8 +487,13 @@ class WatchRegistry:
             self._streams.setdefault(key, []).append(stream)
         try:
             result = self._add_request(key)
+            # A node watch also reads its node (pipelined behind the add), so that a
+            # catch-up after a reconnection knows whether it existed.
+            baseline = None if stream.recursive else stream.client.exists_async(stream.root)
             await self._bridge.wait(result)
             stream.last_revision = getattr(result, "zxid", 0)
+            if baseline is not None:
+                stream.set_baseline(await self._bridge.wait(baseline), baseline)
         except BaseException as exc:
             await self.remove(stream)
             if isinstance(exc, Exception):
@@ -438,12 +521,11 @@ class WatchRegistry:
     def rearm(self, since_zxid: int) -> None:
         """Kazoo's connection thread, reconnected with the same session: add the watches again."""
         with self._lock:
-            keys = list(self._streams)
-            streams = [s for group in self._streams.values() for s in group]
-        for key in keys:
-            self._add_request(key)
-        for stream in streams:
-            stream.resync(since_zxid)
+            groups = [(key, list(group)) for key, group in self._streams.items()]
+        for key, group in groups:
+            added = self._add_request(key)
+            for stream in group:
+                stream.resync(added, since_zxid)
 
     def fail_all(self, error_factory: Callable[[], CoordkitError]) -> None:
         """The session ended: persistent watches are gone with it."""

@@ -15,6 +15,7 @@ recipes' own waits, and server restarts through ``srvr`` answers.
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -126,3 +127,52 @@ async def test_client_keeps_its_session_when_the_leader_stops(
 ) -> None:
     with anyio.fail_after(TEST_TIMEOUT):
         await ride_out(zookeeper_ensemble, "leader")
+
+
+async def test_a_waiter_cut_off_while_the_lock_is_released_gets_it_on_reconnection(
+    zookeeper_ensemble: ZooKeeperEnsemble,
+) -> None:
+    """The release happens while the waiter has no server: its watch catches up on reconnection.
+
+    The waiter's URL names one server only, so it cannot reconnect until that
+    server is back; the holder talks to the other two and releases meanwhile.
+    """
+    ensemble = zookeeper_ensemble
+    with anyio.fail_after(TEST_TIMEOUT):
+        await anyio.to_thread.run_sync(ensemble.leader)
+        isolated, *others = ensemble.servers
+        chroot = f"/t-{uuid.uuid4().hex}"
+        waiter_url = f"zookeeper://{isolated.address}{chroot}"
+        holder_url = f"zookeeper://{','.join(s.address for s in others)}{chroot}"
+        async with (
+            coordkit.connect(holder_url, session_ttl=SESSION_TTL) as holder_client,
+            coordkit.connect(waiter_url, session_ttl=SESSION_TTL) as waiter_client,
+        ):
+            session = waiter_client.session
+            lock = Lock(holder_client, "/locks/job", identifier="holder")
+            assert await lock.acquire(timeout=10)
+            waiter = Lock(waiter_client, "/locks/job", identifier="waiter")
+            got_it = anyio.Event()
+
+            async def wait_for_the_lock() -> None:
+                assert await waiter.acquire(timeout=TEST_TIMEOUT)
+                got_it.set()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait_for_the_lock)
+
+                async def waiter_queued() -> bool:
+                    return len(await holder_client.children("/locks/job")) == 2
+
+                while not await waiter_queued():
+                    async with holder_client.watch("/locks/job", recursive=True) as events:
+                        if not await waiter_queued():
+                            await events.__anext__()
+                async with stopped(ensemble, isolated):
+                    await lock.release()  # the waiter cannot see this now
+                    assert not got_it.is_set()
+                # ``stopped`` started the server again: the waiter reconnects to it.
+                with anyio.fail_after(20):
+                    await got_it.wait()
+                assert waiter_client.session is session and not session.lost
+                await waiter.release()
