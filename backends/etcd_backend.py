@@ -177,8 +177,11 @@ class EtcdBackend(Backend):
         while self._last_renewed <= since:
             await self._renewed.wait()
 
-    def _confirmed(self) -> None:
-        self._last_renewed = time.monotonic()
+    def _confirmed(self, asked_at: float) -> None:
+        """etcd confirmed the lease in answer to a request sent at ``asked_at``:
+        the lease lives at least a TTL from then (counting from the answer
+        would let the client believe in its session after etcd expired it)."""
+        self._last_renewed = max(self._last_renewed, asked_at)
         self._renewed.set()
         self._renewed = anyio.Event()
 
@@ -207,6 +210,7 @@ class EtcdBackend(Backend):
         (cancelled, or the connection broke) can still be revoked by that id."""
         while True:
             self._granting = secrets.randbits(62) + 1
+            asked_at = time.monotonic()
             try:
                 reply = await self.channel.call(
                     self.channel.lease.LeaseGrant,
@@ -220,7 +224,7 @@ class EtcdBackend(Backend):
                     continue  # someone holds that id: pick another
                 raise
             self._granting = 0
-            self._confirmed()
+            self._confirmed(asked_at)
             return Session(int(reply.ID), float(reply.TTL))
 
     async def _revoke(self, lease_id: int) -> None:
@@ -261,6 +265,7 @@ class EtcdBackend(Backend):
         try:
             while True:
                 session = self.session
+                asked_at = time.monotonic()
                 with anyio.fail_after(max(session.ttl / 3, 0.5)):
                     await stream.write(rpc.LeaseKeepAliveRequest(ID=session.id))
                     reply = await stream.read()
@@ -271,7 +276,7 @@ class EtcdBackend(Backend):
                 if reply.TTL <= 0:
                     await self._renew_session(session)
                     continue
-                self._confirmed()
+                self._confirmed(asked_at)
                 session.mark_connected()
                 await anyio.sleep(session.ttl / 3)
         finally:
