@@ -34,11 +34,18 @@ with its real revision, and the last event of a node is its current state.
 Not guaranteed (ZooKeeper keeps no history to read it from): an intermediate
 state overwritten before the watcher's read reaches the server is folded
 into the later one, and a delete's revision is exact only when nothing else
-in the same parent changed before its read. Persistent watches do not
-survive a session; after a reconnection with the same session the watch is
-re-added and the subtree is checked for changes made while disconnected: if
-there were any, the stream raises :class:`ConnectionLostError` instead of
-silently missing them.
+in the same parent changed before its read.
+
+Persistent watches live as long as the connection. After a reconnection with
+the same session the watch is added again and the watched nodes are read:
+what changed while away is delivered as folded events (creates and updates
+at their own revisions, deletes at the revision of the re-add). A node watch
+reads its node right after the watch is first added, so it knows whether it
+existed; a recursive watch only knows the nodes it has delivered, so when a
+node's children changed while away in a way no event explains (a child it
+never saw was deleted), the stream raises :class:`ConnectionLostError`
+instead of silently missing it. After a session expiry the stream raises
+:class:`SessionExpiredError`.
 """
 
 from __future__ import annotations
