@@ -37,6 +37,7 @@ from coordkit.errors import (
     NodeExistsError,
     NoNodeError,
     NotEmptyError,
+    UnsupportedError,
 )
 from coordkit.model import Capability, Event, Node, Status
 from coordkit.paths import SEQUENCE_DIGITS, parent
@@ -92,6 +93,12 @@ class EtcdBackend(Backend):
     # -- lifecycle -------------------------------------------------------------
 
     async def open(self) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise UnsupportedError(
+                "the etcd backend runs on asyncio only (grpc.aio, the transport under aetcd)"
+            ) from None
         self._channel = EtcdChannel(self._target, self.options.timeout)
         try:
             self._session = await self._grant()

@@ -8,7 +8,7 @@ import pytest
 from etcd_servers import bounded
 
 import coordkit
-from coordkit import EventType
+from coordkit import EventType, UnsupportedError
 from coordkit.backends.etcd_backend import EtcdBackend
 
 pytestmark = [pytest.mark.anyio, pytest.mark.etcd]
@@ -64,3 +64,13 @@ async def test_keepalive_holds_a_short_session_beyond_its_ttl(etcd_url: str) -> 
                     await backend.wait_renewed(backend.last_renewed)
             tg.cancel_scope.cancel()
         assert got == [] and not session.lost and await client.exists("/kept")
+
+
+@bounded(10)
+async def test_connecting_under_trio_says_the_backend_needs_asyncio(anyio_backend: str) -> None:
+    if anyio_backend != "trio":
+        pytest.skip("checks the refusal under trio; the other etcd tests run on asyncio")
+    # Refused before any connection is made, so no server is needed.
+    with pytest.raises(UnsupportedError, match="asyncio only"):
+        async with coordkit.connect("etcd://127.0.0.1:1/x"):
+            pass
