@@ -29,6 +29,7 @@ from coordkit import (
     ConnectionLostError,
     CoordkitError,
     LockLostError,
+    RecipeStateError,
     SessionExpiredError,
     WrongTypeError,
 )
@@ -90,7 +91,7 @@ class _Contender:
 
     async def wait_lost(self) -> None:
         if self._session is None or self._key is None:
-            raise RuntimeError(f"{type(self).__name__} on {self.path} is not held")
+            raise RecipeStateError(f"{type(self).__name__} on {self.path} is not held")
         await self._session.wait_lost()
 
     async def _queue(self, value: bytes, blocking: bool) -> bool:
@@ -264,14 +265,14 @@ class EtcdLock(_Contender):
         await self._forget_lost()
         if self._key is not None:
             if not self.reentrant:
-                raise RuntimeError(
+                raise RecipeStateError(
                     f"EtcdLock on {self.path} is already held by this object "
                     "(pass reentrant=True to count nested acquisitions)"
                 )
             self._count += 1
             return True
         if self._acquiring:
-            raise RuntimeError(f"EtcdLock on {self.path} is already being acquired")
+            raise RecipeStateError(f"EtcdLock on {self.path} is already being acquired")
         self._acquiring, self._lost = True, False
         acquired = False
         try:
@@ -290,7 +291,7 @@ class EtcdLock(_Contender):
 
     async def release(self) -> None:
         if self._key is None:
-            raise RuntimeError(f"EtcdLock on {self.path} is not held")
+            raise RecipeStateError(f"EtcdLock on {self.path} is not held")
         self._count -= 1
         if self._count > 0:
             return
@@ -351,7 +352,7 @@ class EtcdElection(_Contender):
         A leadership lost with its session is not in the way: campaign again."""
         await self._forget_lost()
         if self._key is not None:
-            raise RuntimeError(f"EtcdElection on {self.path} is already campaigning or leading")
+            raise RecipeStateError(f"EtcdElection on {self.path} is already campaigning or leading")
         self._lost = False
         won = False
         try:

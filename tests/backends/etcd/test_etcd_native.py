@@ -247,3 +247,22 @@ async def test_a_lock_or_leadership_lost_with_its_session_is_taken_again(etcd_ur
         await lock.release()
         await election.resign()
         assert await election.leader() is None
+
+
+@bounded(20)
+async def test_out_of_turn_use_raises_recipe_state_error_as_the_generic_recipes_do(
+    etcd_url: str,
+) -> None:
+    async with coordkit.connect(etcd_url) as client:
+        lock = EtcdLock(client, PATH)
+        with pytest.raises(coordkit.RecipeStateError):
+            await lock.release()
+        assert await lock.acquire()
+        with pytest.raises(coordkit.RecipeStateError):
+            await lock.acquire()  # not reentrant
+        await lock.release()
+        election = EtcdElection(client, "/election", "a")
+        await election.campaign()
+        with pytest.raises(coordkit.RecipeStateError):
+            await election.campaign()
+        await election.resign()
