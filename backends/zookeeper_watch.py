@@ -116,6 +116,15 @@ class _Record:
     since_zxid: int = 0
 
 
+class _ReadLost(Exception):
+    """A read of the stream failed because the connection broke.
+
+    Its record is dropped: the session either survives, and the catch-up
+    after the reconnection delivers what it would have, or it ends, and the
+    stream fails with it.
+    """
+
+
 class WatchStream:
     """The events of one ``watch(path, recursive=...)``, built as described above."""
 
@@ -238,7 +247,10 @@ class WatchStream:
                     break
                 assert self._failure is not None
                 raise self._failure
-            event, cover = await self._build(record)
+            try:
+                event, cover = await self._build(record)
+            except _ReadLost:
+                event, cover = None, 0
             with self._lock:
                 self._records.popleft()
             if event is not None and event.type is EventType.DELETED and cover:
@@ -284,6 +296,8 @@ class WatchStream:
             return await self._bridge.wait(result)
         except kx.NoNodeError:
             return None
+        except (kx.ConnectionLoss, kx.ConnectionDropped) as exc:
+            raise _ReadLost from exc
         except Exception as exc:
             raise map_error(exc) from exc
 
@@ -375,6 +389,8 @@ class WatchStream:
         """
         try:
             await self._bridge.wait(record.node_read)
+        except (kx.ConnectionLoss, kx.ConnectionDropped) as exc:
+            raise _ReadLost from exc  # dropped again: the next reconnection catches up
         except Exception as exc:
             raise ConnectionLostError(
                 f"could not watch {self.root!r} again after a reconnection: {exc}"
