@@ -18,11 +18,8 @@ COORDKIT_BENCH_RAFT. A benchmark, not a test: nothing here asserts timings.
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -39,7 +36,7 @@ from coordkit.plugins import native_recipe
 from coordkit.recipes.lock import Lock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from servers import started_servers
+from servers import add_backend_arguments, backend_urls
 
 CONTENDERS = 8
 
@@ -127,39 +124,15 @@ def measure(name: str, run: Callable[[], float], runs: int) -> Row:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--backends",
-        default="memory,etcd,zookeeper",
-        help="comma-separated, from memory, etcd, zookeeper, raft (raft needs --raft URL)",
-    )
-    parser.add_argument("--etcd", default=os.environ.get("COORDKIT_BENCH_ETCD"))
-    parser.add_argument("--zookeeper", default=os.environ.get("COORDKIT_BENCH_ZOOKEEPER"))
-    parser.add_argument("--raft", default=os.environ.get("COORDKIT_BENCH_RAFT"))
-    parser.add_argument("--runs", type=int, default=5)
+    add_backend_arguments(parser)
     parser.add_argument("--seconds", type=float, default=2.0, help="length of one run")
-    parser.add_argument(
-        "--data-dir",
-        default=tempfile.gettempdir(),
-        help="where started servers keep their data (a tmpfs makes their fsyncs free)",
-    )
     args = parser.parse_args()
-    logging.getLogger("kazoo").setLevel(logging.CRITICAL)
-    wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
-    given = {"etcd": args.etcd, "zookeeper": args.zookeeper, "raft": args.raft}
     notes: list[str] = []
-    if "raft" in wanted and not args.raft:
-        notes.append("raft skipped: give --raft URL (the script does not start a Raft cluster)")
-    to_start = [b for b in ("etcd", "zookeeper") if b in wanted and not given[b]]
 
     def on(url: str, lock_class: type[Lock] = Lock) -> Callable[[], float]:
         return lambda: anyio.run(coordkit_run, url, lock_class, args.seconds)
 
-    with started_servers(to_start, notes, args.data_dir) as started:
-        urls = {"memory": "memory://bench"}
-        for name in ("raft", "etcd", "zookeeper"):
-            url = given[name] or started.get(name)
-            if name in wanted and url:
-                urls[name] = url
+    with backend_urls(parser, args, notes) as urls:
         rows: list[Row] = []
         reference: Row | None = None
         for name, url in urls.items():

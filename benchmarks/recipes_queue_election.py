@@ -46,11 +46,9 @@ existing server instead.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import statistics
 import sys
-import tempfile
 import uuid
 from collections.abc import Callable
 from contextlib import AsyncExitStack, aclosing, suppress
@@ -68,7 +66,7 @@ from coordkit.recipes.election import Election
 from coordkit.recipes.queue import Queue
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from servers import started_servers
+from servers import add_backend_arguments, backend_urls
 
 BACKENDS = ("memory", "etcd", "zookeeper", "raft")
 #: bound on one measured run; a run that takes longer is reported as failed.
@@ -229,48 +227,15 @@ def cell(series: Series | None, base: Series | None, *, scale: float, digits: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument(
-        "--backends",
-        default="memory,etcd,zookeeper",
-        help="comma-separated, from memory, etcd, zookeeper, raft (raft needs --raft URL)",
-    )
-    parser.add_argument("--etcd", default=os.environ.get("COORDKIT_BENCH_ETCD"))
-    parser.add_argument("--zookeeper", default=os.environ.get("COORDKIT_BENCH_ZOOKEEPER"))
-    parser.add_argument("--raft", default=os.environ.get("COORDKIT_BENCH_RAFT"))
-    parser.add_argument("--runs", type=int, default=5)
+    add_backend_arguments(parser)
     parser.add_argument("--items", type=int, default=2000, help="items per queue run")
     parser.add_argument("--producers", type=int, default=4)
     parser.add_argument("--consumers", type=int, default=4)
-    parser.add_argument(
-        "--data-dir",
-        default=tempfile.gettempdir(),
-        help="where the started servers keep their data (default: the temp dir; "
-        "a tmpfs such as /dev/shm makes their fsyncs free, unlike production)",
-    )
     args = parser.parse_args()
-    # kazoo logs every session this benchmark kills on purpose; keep the table readable.
-    logging.getLogger("kazoo").setLevel(logging.CRITICAL)
-
-    wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = sorted(set(wanted) - set(BACKENDS))
-    if unknown:
-        parser.error(f"unknown backends {unknown}; choose from {', '.join(BACKENDS)}")
-    if "memory" not in wanted:
-        wanted.insert(0, "memory")  # the reference every ratio is taken against
-    given = {"etcd": args.etcd, "zookeeper": args.zookeeper, "raft": args.raft}
     notes: list[str] = []
-    if "raft" in wanted and not args.raft:
-        notes.append("raft skipped: give --raft URL (the script does not start a Raft cluster)")
-    to_start = [b for b in ("etcd", "zookeeper") if b in wanted and not given[b]]
     load_before = os.getloadavg()
 
-    with started_servers(to_start, notes, args.data_dir) as started:
-        urls = {"memory": "memory://bench"}
-        for name in ("raft", "etcd", "zookeeper"):
-            url = given[name] or started.get(name)
-            if name in wanted and url:
-                urls[name] = url
-
+    with backend_urls(parser, args, notes) as urls:
         rows: list[Row] = []
         plan: list[tuple[Row, str, type[Election]]] = []
         for name, url in urls.items():
@@ -325,8 +290,6 @@ def main() -> None:
             if series is not None and series.error:
                 kept = len(series.values)
                 notes.append(f"{row.name} {what}: {args.runs - kept} run(s) failed: {series.error}")
-    if to_start:
-        notes.append(f"the started servers kept their data in {args.data_dir}")
     for note in notes:
         print(f"note: {note}")
 

@@ -8,7 +8,10 @@ exit, using ``tests/support/etcd_servers.py`` and
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -55,6 +58,8 @@ def started_servers(wanted: list[str], notes: list[str], data_dir: str) -> Itera
                     stops.append(ensemble.stop)
                     ensemble.start()
                     urls["zookeeper"] = ensemble.url("/bench")
+            if urls:
+                notes.append(f"servers started here keep their data in {data_dir}")
             yield urls
         finally:
             for stop in reversed(stops):
@@ -63,3 +68,48 @@ def started_servers(wanted: list[str], notes: list[str], data_dir: str) -> Itera
 
 def _importable(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
+
+
+BACKENDS = ("memory", "etcd", "zookeeper", "raft")
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--backends``, ``--etcd/--zookeeper/--raft`` URLs, ``--runs`` and ``--data-dir``."""
+    parser.add_argument(
+        "--backends",
+        default="memory,etcd,zookeeper",
+        help="comma-separated, from memory, etcd, zookeeper, raft (raft needs --raft URL)",
+    )
+    parser.add_argument("--etcd", default=os.environ.get("COORDKIT_BENCH_ETCD"))
+    parser.add_argument("--zookeeper", default=os.environ.get("COORDKIT_BENCH_ZOOKEEPER"))
+    parser.add_argument("--raft", default=os.environ.get("COORDKIT_BENCH_RAFT"))
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--data-dir",
+        default=tempfile.gettempdir(),
+        help="where started servers keep their data (default: the temp dir, on disk as in "
+        "production; a tmpfs such as /dev/shm makes their fsyncs free)",
+    )
+
+
+@contextmanager
+def backend_urls(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, notes: list[str]
+) -> Iterator[dict[str, str]]:
+    """``{backend: URL}`` for the run, memory first, starting the servers not given by URL."""
+    logging.getLogger("kazoo").setLevel(logging.CRITICAL)  # sessions killed on purpose
+    wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = sorted(set(wanted) - set(BACKENDS))
+    if unknown:
+        parser.error(f"unknown backends {unknown}; choose from {', '.join(BACKENDS)}")
+    given = {"etcd": args.etcd, "zookeeper": args.zookeeper, "raft": args.raft}
+    if "raft" in wanted and not args.raft:
+        notes.append("raft skipped: give --raft URL (the script does not start a Raft cluster)")
+    to_start = [b for b in ("etcd", "zookeeper") if b in wanted and not given[b]]
+    with started_servers(to_start, notes, args.data_dir) as started:
+        urls = {"memory": "memory://bench"}  # always: the reference for ratios
+        for name in ("raft", "etcd", "zookeeper"):
+            url = given[name] or started.get(name)
+            if name in wanted and url:
+                urls[name] = url
+        yield urls
