@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = ["NATIVE_RECIPES", "EtcdElection", "EtcdLock"]
 
 _NOPUT = rpc.WatchCreateRequest.FilterType.NOPUT
+_DELETE = 1  # etcd's mvccpb.Event.DELETE
 
 
 class _Contender:
@@ -387,36 +388,72 @@ class EtcdElection(_Contender):
         return found[0].value.decode("utf-8", "replace") if found else None
 
     async def observe(self) -> AsyncIterator[str | None]:
-        """The leader's identity now, then each time it changes (None: no leader).
+        """The leader's identity now, then each new leader in order (None: nobody).
 
-        Survives a member going away: the watch is opened again and the leader
-        read again, so no change is missed (only repeats are skipped)."""
+        Event-sourced, like the generic recipe's: the contenders are read at
+        one revision and then kept up to date from a watch starting right after
+        it, and the leader is worked out after every revision, so a leader
+        that came and went between two of our reads is still reported (the
+        same identity is never reported twice in a row). If the stream breaks,
+        the watch resumes from the revision after the last one seen: nothing
+        is missed unless etcd compacted that history meanwhile (then the
+        contenders are read afresh).
+        """
         end = prefix_end(self.prefix)
-        last: str | object | None = object()
+        last: object = object()
+        contenders: dict[bytes, tuple[int, str]] = {}  # key -> (create revision, identity)
+        next_revision = 0  # 0: read the contenders afresh
         while True:
+            if next_revision == 0:
+                reply = await self.backend.read(ops.range_op(self.prefix, end))
+                contenders = {kv.key: _contender(kv) for kv in ops.kvs(reply.responses[0])}
+                next_revision = int(reply.header.revision) + 1
+                current = _leader_of(contenders)
+                if current != last:
+                    last = current
+                    yield current
             stream = self.backend.channel.stream(self.backend.channel.watch.Watch)
             try:
+                create = rpc.WatchCreateRequest(
+                    key=self.prefix, range_end=end, start_revision=next_revision
+                )
                 try:
-                    create = rpc.WatchCreateRequest(key=self.prefix, range_end=end)
-                    try:
-                        with anyio.fail_after(self.backend.options.timeout):
-                            await stream.write(rpc.WatchRequest(create_request=create))
-                            await stream.read()  # created: changes from here on are seen
-                    except TimeoutError as exc:
-                        raise map_error(exc) from exc
-                    while True:
-                        current = await self.leader()
+                    with anyio.fail_after(self.backend.options.timeout):
+                        await stream.write(rpc.WatchRequest(create_request=create))
+                        await stream.read()  # created
+                except TimeoutError as exc:
+                    raise map_error(exc) from exc
+                while True:
+                    reply = await stream.read()
+                    if reply is grpc.aio.EOF:
+                        break
+                    if reply.compact_revision:
+                        next_revision = 0  # history gone: read the contenders afresh
+                        break
+                    if reply.canceled:
+                        break
+                    # A response holds whole revisions, in order: the leader is
+                    # worked out after each one.
+                    events = list(reply.events)
+                    for i, event in enumerate(events):
+                        kv = event.kv
+                        if event.type == _DELETE:
+                            contenders.pop(kv.key, None)
+                        else:
+                            contenders[kv.key] = _contender(kv)
+                        next_revision = max(next_revision, int(kv.mod_revision) + 1)
+                        if i + 1 < len(events) and events[i + 1].kv.mod_revision == kv.mod_revision:
+                            continue  # the rest of this revision first
+                        current = _leader_of(contenders)
                         if current != last:
                             last = current
                             yield current
-                        if await stream.read() is grpc.aio.EOF:
-                            break
-                except (grpc.aio.AioRpcError, ConnectionLostError):
-                    pass  # the member went away or lost its leader: watch again
+            except (grpc.aio.AioRpcError, ConnectionLostError):
+                pass  # the member went away or lost its leader: resume the watch
             finally:
                 with anyio.CancelScope(shield=True):
                     await stream.close()
-            await anyio.sleep(0.05)  # back off; leader() retries within the timeout
+            await anyio.sleep(0.05)  # back off; reads retry within the timeout
 
     async def __aenter__(self) -> Self:
         hold = self._hold()
@@ -441,6 +478,15 @@ class EtcdElection(_Contender):
                 yield
         finally:
             await self.resign()
+
+
+def _contender(kv: Any) -> tuple[int, str]:
+    return int(kv.create_revision), kv.value.decode("utf-8", "replace")
+
+
+def _leader_of(contenders: dict[bytes, tuple[int, str]]) -> str | None:
+    """The identity of the contender with the lowest create revision."""
+    return min(contenders.values())[1] if contenders else None
 
 
 NATIVE_RECIPES: dict[str, type[Any]] = {"Lock": EtcdLock, "Election": EtcdElection}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from urllib.parse import urlsplit
 
 import anyio
@@ -266,3 +266,21 @@ async def test_out_of_turn_use_raises_recipe_state_error_as_the_generic_recipes_
         with pytest.raises(coordkit.RecipeStateError):
             await election.campaign()
         await election.resign()
+
+
+@bounded(30)
+async def test_observe_reports_a_leader_that_came_and_went_between_reads(etcd_url: str) -> None:
+    async with coordkit.connect(etcd_url) as client, coordkit.connect(etcd_url) as watcher:
+        first, second = EtcdElection(client, "/el", "a"), EtcdElection(client, "/el", "b")
+        await first.campaign()
+        async with aclosing(EtcdElection(watcher, "/el", "w").observe()) as leaders:
+            assert await leaders.__anext__() == "a"
+            # While the observer is not looking: a resigns, b leads and resigns,
+            # a leads again. A re-read would see only "a"; every revision counts.
+            await first.resign()
+            await second.campaign()
+            await second.resign()
+            await first.campaign()
+            assert [await leaders.__anext__() for _ in range(4)] == [None, "b", None, "a"]
+            await first.resign()
+            assert await leaders.__anext__() is None
