@@ -374,6 +374,11 @@ class EtcdElection(_Contender):
         await self._drop_key()
         self._leave_turn()
 
+    async def contenders(self) -> list[str]:
+        """Identities of every candidate, the leader first, then in line order
+        (etcdctl's empty proposals show as their lease hex)."""
+        return await self._contender_values()
+
     async def leader(self) -> str | None:
         """The current leader's identity, or None when nobody leads."""
         reply = await self.backend.read(

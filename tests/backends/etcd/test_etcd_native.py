@@ -108,6 +108,7 @@ async def test_etcdctl_elect_leads_and_coordkit_follows_then_takes_over(
             with anyio.fail_after(10):
                 assert (await first_line(leader)).startswith(name + "/")
             assert await election.leader() == "from-etcdctl"
+            assert await election.contenders() == ["from-etcdctl"]
             with anyio.move_on_after(0.3) as blocked:
                 await election.campaign()
             assert blocked.cancelled_caught, "coordkit led while etcdctl did"
