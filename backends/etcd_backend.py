@@ -70,6 +70,7 @@ class EtcdBackend(Backend):
             Capability.ABORT,
             Capability.EXPIRE_SESSION,
             Capability.DENSE_REVISIONS,
+            Capability.WATCH_EVERY_CHANGE,
         }
     )
 

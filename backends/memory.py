@@ -174,6 +174,7 @@ class MemoryBackend(Backend):
             Capability.ABORT,
             Capability.EXPIRE_SESSION,
             Capability.DENSE_REVISIONS,
+            Capability.WATCH_EVERY_CHANGE,
         }
     )
 

@@ -2,16 +2,22 @@
 
 The backend itself lives in :mod:`coordkit.backends.zookeeper_backend` and is
 imported only when a ``zookeeper://`` URL is opened, so importing this module
-needs no kazoo. See ``docs/backends/zookeeper.md``.
+needs no kazoo. Its native ``Lock`` (:mod:`coordkit.backends.zookeeper_native`)
+is supplied through ``coordkit_native_recipe``. See ``docs/backends/zookeeper.md``.
 """
 
 from __future__ import annotations
+
+import sys
+from typing import Any
 
 from coordkit import hookimpl
 from coordkit.backend import Backend, BackendFactory, BackendURL, ConnectOptions
 from coordkit.errors import ConfigurationError
 
-__all__ = ["coordkit_backends", "create_backend"]
+__all__ = ["coordkit_backends", "coordkit_native_recipe", "create_backend"]
+
+_BACKEND_MODULE = "coordkit.backends.zookeeper_backend"
 
 
 def create_backend(url: BackendURL, options: ConnectOptions) -> Backend:
@@ -30,3 +36,14 @@ def create_backend(url: BackendURL, options: ConnectOptions) -> Backend:
 @hookimpl
 def coordkit_backends() -> dict[str, BackendFactory]:
     return {"zookeeper": create_backend}
+
+
+@hookimpl
+def coordkit_native_recipe(backend: Backend, name: str) -> type[Any] | None:
+    """kazoo's Lock algorithm (same layout, fewer requests) for ZooKeeper backends."""
+    module = sys.modules.get(_BACKEND_MODULE)
+    if module is None or not isinstance(backend, module.ZooKeeperBackend):
+        return None
+    from . import zookeeper_native
+
+    return zookeeper_native.NATIVE_RECIPES.get(name)

@@ -283,7 +283,8 @@ async def _view(demo: _Demo, out: TextIO, duration: float, live: bool) -> None:
                 f"[{t:5.1f}s] lock={holder} leader={demo.current_leader or '-'} {_totals(s, t)}\n"
             )
         out.flush()
-        await anyio.sleep(0.5 if live else 1.0)
+        period = 0.5 if live else 1.0
+        await anyio.sleep(period - demo.elapsed() % period)  # on whole periods: 1.0 s, 2.0 s
 
 
 def _totals(s: DemoSummary, t: float) -> str:

@@ -74,6 +74,11 @@ class Capability(enum.Enum):
     #: strictly increase; without this capability they may skip numbers, as
     #: ZooKeeper's zxid does for failed writes and session events.)
     DENSE_REVISIONS = "dense_revisions"
+    #: a watch delivers every change: each intermediate value, each delete at
+    #: its own revision. Without it (ZooKeeper, whose notifications carry no
+    #: data), states overwritten before the watcher reads them are folded into
+    #: the later one; order, real states and the final state still hold.
+    WATCH_EVERY_CHANGE = "watch_every_change"
 
 
 @dataclass(frozen=True, slots=True)
