@@ -52,6 +52,9 @@ MIN_PRIORITY = -(2**31)
 #: The highest (least urgent) priority a ``put`` accepts.
 MAX_PRIORITY = 2**31 - 1
 _PREFIX = "item-"
+#: how many names of one listing a consumer works through before it lists again:
+#: an item put meanwhile with a more urgent priority waits at most this many takes.
+LISTING_BATCH = 32
 
 
 def _item_prefix(priority: int) -> str:
@@ -127,6 +130,7 @@ class QueueItem:
         if self._done:
             return
         self._done = True
+        self.queue._listed.clear()  # list afresh next time: the item is back in front
         if self.session.lost:
             return
         item, claim = self.queue._item_path(self.name), self.queue._claim_path(self.name)
@@ -186,6 +190,8 @@ class Queue(Generic[T]):
         self.ack = ack
         self._items = join(path, "items")
         self._claims = join(path, "claims")
+        #: names of our last listing not tried yet, the next one last.
+        self._listed: list[str] = []
 
     def _item_path(self, name: str) -> str:
         return join(self._items, name)
@@ -263,19 +269,31 @@ class Queue(Generic[T]):
         return sorted(n for n in names if n not in claimed)
 
     async def _try_take(self, *, consistent: bool) -> T | None:
-        """Try the available items in order; None if each was gone or taken by others.
+        """Take the first item of our listing that nobody else takes first; None if none.
 
+        The listing is kept between calls and worked through in order (at most
+        :data:`LISTING_BATCH` names), so a backlog is not listed again for
+        every item; when it runs out, the queue is listed afresh, once per call.
         Stale reads are safe here: every take is a compare-and-swap on the
-        item's version, so a stale node only makes the take fail.
+        item's version, so a stale name or node only makes the take fail.
         """
-        for name in await self._available(consistent=consistent):
+        listed = False
+        while True:
+            if not self._listed:
+                if listed:
+                    return None  # everything we just listed was taken by others
+                self._listed = (await self._available(consistent=consistent))[:LISTING_BATCH]
+                self._listed.reverse()  # pop() from the end takes the first
+                listed = True
+                if not self._listed:
+                    return None
+            name = self._listed.pop()
             node = await self.client.get(self._item_path(name), consistent=False)
             if node is None:
                 continue  # another consumer took it
             taken = await (self._claim(name, node) if self.ack else self._remove(name, node))
             if taken is not None:
                 return cast(T, taken)
-        return None
 
     async def _remove(self, name: str, node: Node) -> bytes | None:
         # Only a claim changes an item's version: a claimed item is not ours.

@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 import coordkit
-from coordkit.recipes.queue import Queue, QueueItem
+from coordkit.recipes.queue import LISTING_BATCH, Queue, QueueItem
 
 pytestmark = pytest.mark.anyio
 
@@ -88,6 +88,20 @@ async def test_lower_priority_numbers_come_first_then_fifo(backend_url: str) -> 
             await queue.put(value, priority=priority)
         got = [await queue.get() for _ in puts]
         assert got == [b"e", b"f", b"b", b"d", b"c", b"a", b"g"]
+
+
+async def test_an_urgent_item_put_meanwhile_waits_at_most_one_listing(backend_url: str) -> None:
+    async with coordkit.connect(backend_url) as client:
+        queue = Queue(client, "/urgent")
+        for n in range(LISTING_BATCH + 8):
+            await queue.put(b"%d" % n)
+        assert await queue.get() == b"0"  # this consumer has listed a batch
+        await queue.put(b"urgent", priority=-5)
+        taken = [await queue.get() for _ in range(LISTING_BATCH)]
+        assert b"urgent" in taken, "the urgent item waited longer than one listing"
+        # Until then, the batch went in order; after it, the rest in order too.
+        before = taken[: taken.index(b"urgent")]
+        assert before == [b"%d" % n for n in range(1, len(before) + 1)]
 
 
 async def test_get_blocks_until_an_item_is_put(backend_url: str) -> None:
