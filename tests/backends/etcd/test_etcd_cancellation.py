@@ -91,9 +91,11 @@ async def test_cancelled_calls_end_every_task_and_leave_whole_nodes_or_none(
 
         async def worker(i: int) -> None:
             nonlocal finished
+            # Mostly deadlines that land while a call is in flight, some that
+            # never fire (so calls also complete, whatever this machine's speed).
             plan = [
                 (
-                    rng.uniform(0, 4 * base),
+                    rng.choice([None, rng.uniform(0, 2 * base), rng.uniform(0, 6 * base)]),
                     rng.choice(["create", "sequential", "txn", "set", "read"]),
                 )
                 for _ in range(rounds)
@@ -232,11 +234,13 @@ async def leases(client: Client) -> set[int]:
 async def test_a_cancelled_open_leaves_no_lease_or_key_behind(etcd_url: str) -> None:
     async with coordkit.connect(etcd_url) as observer:
         keys, granted = await raw_keys(observer), await leases(observer)
-        base = await round_trip(observer)
+        started = anyio.current_time()
+        async with coordkit.connect(etcd_url):
+            opening = anyio.current_time() - started  # how long an open takes here
         rng = random.Random(SEED + 2)
         opened = 0
         for _ in range(12):
-            with anyio.move_on_after(rng.uniform(0, 6 * base)):
+            with anyio.move_on_after(rng.uniform(0, 2 * opening)):
                 async with coordkit.connect(etcd_url) as client:
                     opened += 1
                     await client.create("/e", b"", ephemeral=True)
