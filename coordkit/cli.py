@@ -31,37 +31,44 @@ def _parser() -> argparse.ArgumentParser:
         prog="coordkit",
         description="Coordination recipes over interchangeable backends.",
     )
-    parser.add_argument("--url", help="backend URL (default: COORDKIT_URL, config, embedded)")
+    url_help = "backend URL (default: COORDKIT_URL, config, embedded)"
+    parser.add_argument("--url", help=url_help)
+    # --url is accepted after the command too (coordkit demo --url etcd://...).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=argparse.SUPPRESS, help=url_help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="workers sharing a lock, a leader, a queue and a config")
+    def command(name: str, **options: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **options)
+
+    demo = command("demo", help="workers sharing a lock, a leader, a queue and a config")
     demo.add_argument("--duration", type=float, default=20.0, help="seconds (default 20)")
 
-    sub.add_parser("status", help="what the backend reports about itself")
+    command("status", help="what the backend reports about itself")
 
-    get = sub.add_parser("get", help="print a node's value")
+    get = command("get", help="print a node's value")
     get.add_argument("path")
     get.add_argument("--stat", action="store_true", help="print the node's fields too")
 
-    put = sub.add_parser("put", help="create or replace a node's value")
+    put = command("put", help="create or replace a node's value")
     put.add_argument("path")
     put.add_argument("value", help="the value (UTF-8); '-' reads standard input")
     put.add_argument("--version", type=int, help="only if the node is at this version")
 
-    ls = sub.add_parser("ls", help="list a node's children")
+    ls = command("ls", help="list a node's children")
     ls.add_argument("path", nargs="?", default="/")
 
-    rm = sub.add_parser("rm", help="delete a node")
+    rm = command("rm", help="delete a node")
     rm.add_argument("path")
     rm.add_argument("-r", "--recursive", action="store_true", help="delete its subtree too")
 
-    watch = sub.add_parser("watch", help="print changes as they happen")
+    watch = command("watch", help="print changes as they happen")
     watch.add_argument("path")
     watch.add_argument("-r", "--recursive", action="store_true")
     watch.add_argument("--from-revision", type=int, help="replay history from this revision")
     watch.add_argument("--count", type=int, help="stop after this many events")
 
-    lock = sub.add_parser(
+    lock = command(
         "lock",
         help="run a command while holding a lock",
         usage="coordkit lock NAME [--timeout S] -- CMD [ARG ...]",
@@ -69,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     lock.add_argument("name", help="lock path, e.g. /locks/nightly")
     lock.add_argument("--timeout", type=float, help="give up after this many seconds")
 
-    elect = sub.add_parser(
+    elect = command(
         "elect",
         help="campaign, then run a command (or wait) while leading; or --listen",
         usage="coordkit elect NAME [--identity ID] [--timeout S] [-- CMD [ARG ...]]\n"

@@ -139,3 +139,11 @@ async def test_a_lost_lock_stops_the_command(url: str) -> None:
                 await client.expire_session()
         assert outcome == [1]
         assert lock.lost
+
+
+def test_url_is_accepted_after_the_command_too(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["put", "/after", "x", "--url", url]) == 0
+    assert main(["--url", url, "get", "/after"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "x"

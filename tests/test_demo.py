@@ -19,7 +19,10 @@ async def test_demo_runs_and_prints_an_honest_summary(backend_url: str) -> None:
     assert "coordkit demo summary" in text
     assert "[  1.0s] lock=" in text  # plain progress lines when not on a terminal
     assert 2.5 < summary.duration < 4.0
-    assert summary.lock_acquisitions > 1 and summary.exclusion_violations == 0
+    assert summary.lock_acquisitions > 1
+    # Two holders at once only while the older one's session had already ended
+    # on the servers (it is told a moment later): never with both sessions alive.
+    assert summary.exclusion_violations == 0, summary.render()
     assert 0 < summary.items_passed <= summary.items_put
     assert summary.duplicate_deliveries == 0
     assert summary.leaders and summary.config_writes >= 1 and summary.config_reloads >= 1
