@@ -20,12 +20,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
+import anyio.abc
 import pytest
 from zookeeper_servers import ZooKeeperEnsemble, ZooKeeperServer, four_letter_word
 
 import coordkit
 from coordkit.backend import SessionState
+from coordkit.client import Client
 from coordkit.recipes import Lock
+from coordkit.recipes.base import wait_until
 
 pytest.importorskip("kazoo.client")
 
@@ -58,6 +61,28 @@ async def stopped(ensemble: ZooKeeperEnsemble, server: ZooKeeperServer) -> Async
             await anyio.to_thread.run_sync(ensemble.leader)
 
 
+async def queue_waiter(
+    tg: anyio.abc.TaskGroup, holder: Client, waiting: Client
+) -> tuple[Lock, anyio.Event]:
+    """Start a waiter for ``/locks/job`` on ``waiting``; return once its node is queued.
+
+    The returned event is set when the waiter has the lock.
+    """
+    waiter = Lock(waiting, "/locks/job", identifier="waiter")
+    got_it = anyio.Event()
+
+    async def wait_for_the_lock() -> None:
+        assert await waiter.acquire(timeout=TEST_TIMEOUT)
+        got_it.set()
+
+    async def waiter_queued() -> bool:
+        return len(await holder.children("/locks/job")) == 2
+
+    tg.start_soon(wait_for_the_lock)
+    await wait_until(holder, "/locks/job", waiter_queued, recursive=True)
+    return waiter, got_it
+
+
 async def ride_out(ensemble: ZooKeeperEnsemble, victim: str) -> None:
     """Stop the ``victim`` server while a client holds an ephemeral node and a Lock."""
     url = ensemble.url()
@@ -71,23 +96,8 @@ async def ride_out(ensemble: ZooKeeperEnsemble, victim: str) -> None:
         lock = Lock(client, "/locks/job", identifier="holder")
         assert await lock.acquire(timeout=10)
         token = lock.token
-        waiter = Lock(other, "/locks/job", identifier="waiter")
-        got_it = anyio.Event()
-
-        async def wait_for_the_lock() -> None:
-            assert await waiter.acquire(timeout=TEST_TIMEOUT)
-            got_it.set()
-
         async with anyio.create_task_group() as tg:
-            tg.start_soon(wait_for_the_lock)
-
-            async def waiter_queued() -> bool:
-                return len(await client.children("/locks/job")) == 2
-
-            while not await waiter_queued():  # the waiter's node is what we watch for
-                async with client.watch("/locks/job", recursive=True) as events:
-                    if not await waiter_queued():
-                        await events.__anext__()
+            waiter, got_it = await queue_waiter(tg, client, other)
 
             connected = server_of_session(ensemble, session.id)
             if victim == "connected":
@@ -151,23 +161,8 @@ async def test_a_waiter_cut_off_while_the_lock_is_released_gets_it_on_reconnecti
             session = waiter_client.session
             lock = Lock(holder_client, "/locks/job", identifier="holder")
             assert await lock.acquire(timeout=10)
-            waiter = Lock(waiter_client, "/locks/job", identifier="waiter")
-            got_it = anyio.Event()
-
-            async def wait_for_the_lock() -> None:
-                assert await waiter.acquire(timeout=TEST_TIMEOUT)
-                got_it.set()
-
             async with anyio.create_task_group() as tg:
-                tg.start_soon(wait_for_the_lock)
-
-                async def waiter_queued() -> bool:
-                    return len(await holder_client.children("/locks/job")) == 2
-
-                while not await waiter_queued():
-                    async with holder_client.watch("/locks/job", recursive=True) as events:
-                        if not await waiter_queued():
-                            await events.__anext__()
+                waiter, got_it = await queue_waiter(tg, holder_client, waiter_client)
                 async with stopped(ensemble, isolated):
                     await lock.release()  # the waiter cannot see this now
                     assert not got_it.is_set()

@@ -8,8 +8,9 @@ ZooKeeper a kazoo client on the same path is just another contender.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import anyio
@@ -131,22 +132,33 @@ async def test_many_coordkit_and_kazoo_contenders_never_hold_the_lock_together(
     assert overlaps == []
 
 
+def kazoo_candidate(
+    kz: Any, identity: str
+) -> tuple[Callable[[], None], threading.Event, threading.Event]:
+    """kazoo's Election on /election/sched: (blocking run, led, stop).
+
+    ``run`` campaigns (call it in a thread); ``led`` is set once kazoo leads,
+    and it leads until ``stop`` is set (10 s at most).
+    """
+    election = kz.Election("/election/sched", identity)
+    led, stop = threading.Event(), threading.Event()
+
+    def lead() -> None:
+        led.set()
+        stop.wait(10)
+
+    return partial(election.run, lead), led, stop
+
+
 async def test_coordkit_leader_is_kazoo_elections_first_contender_and_kazoo_follows(
     zookeeper_url: str,
 ) -> None:
     async with kazoo(zookeeper_url) as kz, coordkit.connect(zookeeper_url) as client:
-        their_election = kz.Election("/election/sched", "kazoo-candidate")
-        led = threading.Event()
-        stop = threading.Event()
-
-        def kazoo_leads() -> None:
-            led.set()
-            stop.wait(10)
-
+        kazoo_runs, led, stop = kazoo_candidate(kz, "kazoo-candidate")
         async with anyio.create_task_group() as tg:
             ours = Election(client, "/election/sched", "coordkit-candidate")
             await ours.campaign()
-            tg.start_soon(anyio.to_thread.run_sync, their_election.run, kazoo_leads)
+            tg.start_soon(anyio.to_thread.run_sync, kazoo_runs)
             both = ["coordkit-candidate", "kazoo-candidate"]
 
             async def both_queued() -> bool:
@@ -163,16 +175,9 @@ async def test_coordkit_leader_is_kazoo_elections_first_contender_and_kazoo_foll
 
 async def test_kazoo_leader_is_seen_by_coordkit_election_as_leader(zookeeper_url: str) -> None:
     async with kazoo(zookeeper_url) as kz, coordkit.connect(zookeeper_url) as client:
-        their_election = kz.Election("/election/sched", "kazoo-leader")
-        led = threading.Event()
-        stop = threading.Event()
-
-        def kazoo_leads() -> None:
-            led.set()
-            stop.wait(10)
-
+        kazoo_runs, led, stop = kazoo_candidate(kz, "kazoo-leader")
         async with anyio.create_task_group() as tg:
-            tg.start_soon(anyio.to_thread.run_sync, their_election.run, kazoo_leads)
+            tg.start_soon(anyio.to_thread.run_sync, kazoo_runs)
             await anyio.to_thread.run_sync(led.wait, 10)
             ours = Election(client, "/election/sched", "coordkit-follower")
             assert await ours.leader() == "kazoo-leader"
