@@ -40,7 +40,7 @@ def coordkit_backends() -> dict[str, BackendFactory]:
 
 @hookimpl
 def coordkit_native_recipe(backend: Backend, name: str) -> type[Any] | None:
-    """kazoo's Lock algorithm (same layout, fewer requests) for ZooKeeper backends."""
+    """Lock and Election waiting as kazoo does (same layout, fewer requests) on ZooKeeper."""
     module = sys.modules.get(_BACKEND_MODULE)
     if module is None or not isinstance(backend, module.ZooKeeperBackend):
         return None

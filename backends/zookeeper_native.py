@@ -1,4 +1,4 @@
-"""ZooKeeper-native Lock: kazoo's own algorithm on the backend's kazoo connection.
+"""ZooKeeper-native Lock and Election: kazoo's waits on the backend's kazoo connection.
 
 The generic :class:`coordkit.recipes.Lock` waits through the contract's
 linearizable reads (a ``sync`` before each) and a persistent watch opened and
@@ -30,6 +30,7 @@ from kazoo.protocol.states import EventType
 from coordkit.errors import NoNodeError
 from coordkit.paths import join
 from coordkit.recipes.base import Contender, parse_contender, unless_session_lost
+from coordkit.recipes.election import Election
 from coordkit.recipes.lock import Lock
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
     from .zookeeper_backend import ZooKeeperBackend
 
-__all__ = ["NATIVE_RECIPES", "ZooKeeperLock"]
+__all__ = ["NATIVE_RECIPES", "ZooKeeperElection", "ZooKeeperLock"]
 
 
 class ZooKeeperLock(Lock):
@@ -109,4 +110,14 @@ class _OneShotWatch:
         self.fired.set()
 
 
-NATIVE_RECIPES: dict[str, type[Any]] = {"Lock": ZooKeeperLock}
+class _ZooKeeperCandidacy(ZooKeeperLock):
+    """The election's queue, waiting as :class:`ZooKeeperLock` does."""
+
+
+class ZooKeeperElection(Election):
+    """:class:`coordkit.recipes.Election` whose candidates wait as :class:`ZooKeeperLock`."""
+
+    _candidacy_class = _ZooKeeperCandidacy
+
+
+NATIVE_RECIPES: dict[str, type[Any]] = {"Lock": ZooKeeperLock, "Election": ZooKeeperElection}

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import ClassVar, Self
 
 import anyio
 
@@ -70,6 +70,9 @@ class Election:
     instead, with the same interface.
     """
 
+    #: the Lock class candidates queue with (a native election may wait faster).
+    _candidacy_class: ClassVar[type[Lock]] = _Candidacy
+
     def __new__(cls, client: Client, path: str, identity: str) -> Election:
         native = native_instance(Election, cls, client, "Election", path, identity)
         if native is not None:
@@ -79,7 +82,7 @@ class Election:
     def __init__(self, client: Client, path: str, identity: str) -> None:
         if not isinstance(identity, str):
             raise WrongTypeError(f"identity must be str, not {type(identity).__name__}")
-        self._candidacy = _Candidacy(client, path, identity)
+        self._candidacy = self._candidacy_class(client, path, identity)
         self.client = client
         self.path = path
         self.identity = identity
