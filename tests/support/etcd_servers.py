@@ -235,37 +235,28 @@ def _start_cluster(size: int, root: Path) -> EtcdCluster:
 @pytest.fixture(scope="session")
 def etcd_server() -> Iterator[EtcdCluster]:
     """One single-node etcd shared by the whole run."""
-    if not Path(ETCD).exists():
-        pytest.skip(MISSING_ETCD)
-    with tempfile.TemporaryDirectory(prefix="coordkit-etcd-", dir=data_root()) as root:
-        cluster = _start_cluster(1, Path(root))
-        try:
-            yield cluster
-        finally:
-            cluster.stop()
+    yield from _running_cluster(1, "coordkit-etcd-")
 
 
 @pytest.fixture(scope="session")
 def etcd_cluster() -> Iterator[EtcdCluster]:
     """A 3-member etcd cluster, started on first use and shared."""
-    if not Path(ETCD).exists():
-        pytest.skip(MISSING_ETCD)
-    with tempfile.TemporaryDirectory(prefix="coordkit-etcd3-", dir=data_root()) as root:
-        cluster = _start_cluster(3, Path(root))
-        try:
-            yield cluster
-        finally:
-            cluster.stop()
+    yield from _running_cluster(3, "coordkit-etcd3-")
 
 
 @pytest.fixture(scope="module")
 def etcd_private_server() -> Iterator[EtcdCluster]:
     """A single-node etcd for one test module alone: nothing else moves its
     revision (the shared server's revision also moves with other tests' leases)."""
+    yield from _running_cluster(1, "coordkit-etcd-private-")
+
+
+def _running_cluster(size: int, prefix: str) -> Iterator[EtcdCluster]:
+    """Start ``size`` members in a fresh data directory; stop them when done."""
     if not Path(ETCD).exists():
         pytest.skip(MISSING_ETCD)
-    with tempfile.TemporaryDirectory(prefix="coordkit-etcd-private-", dir=data_root()) as root:
-        cluster = _start_cluster(1, Path(root))
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=data_root()) as root:
+        cluster = _start_cluster(size, Path(root))
         try:
             yield cluster
         finally:
