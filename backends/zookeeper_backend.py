@@ -227,6 +227,11 @@ class ZooKeeperBackend(Backend):
 
     # -- calling kazoo -------------------------------------------------------
 
+    async def live_session(self) -> Session:
+        """The session once kazoo has one in place (after an expiry: the new one)."""
+        await self._live()
+        return self.session
+
     async def _live(self) -> Any:
         """The kazoo client, once a session is in place (after an expiry, the new one)."""
         if self._kazoo is None or self._closed:
