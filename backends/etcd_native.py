@@ -17,8 +17,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import grpc
@@ -34,6 +33,7 @@ from coordkit import (
     WrongTypeError,
 )
 from coordkit.backend import Session
+from coordkit.holding import Holdable, cancelled_on_loss
 from coordkit.paths import check_path
 
 from . import etcd_ops as ops
@@ -49,7 +49,7 @@ _NOPUT = rpc.WatchCreateRequest.FilterType.NOPUT
 _DELETE = 1  # etcd's mvccpb.Event.DELETE
 
 
-class _Contender:
+class _Contender(Holdable):
     """A key ``NAME/<lease hex>`` queued by create revision (shared by Lock and Election)."""
 
     def __init__(self, client: Client, path: str) -> None:
@@ -204,29 +204,6 @@ class _Contender:
         if turn is not None:
             turn.release()
 
-    @asynccontextmanager
-    async def _held_body(self, what: str) -> AsyncIterator[None]:
-        """Run the body, cancelled if the session ends; then LockLostError."""
-        session = self._session
-        assert session is not None
-        body_error: Exception | None = None
-        async with anyio.create_task_group() as tg:
-
-            async def cancel_on_loss() -> None:
-                await session.wait_lost()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(cancel_on_loss)
-            try:
-                yield
-            except Exception as exc:
-                body_error = exc
-            tg.cancel_scope.cancel()
-        if body_error is not None:
-            raise body_error
-        if session.lost:
-            raise LockLostError(f"{what} on {self.path} lost: the session ended")
-
 
 class EtcdLock(_Contender):
     """A mutex interoperable with ``etcdctl lock NAME`` (etcd's ``concurrency.Mutex``).
@@ -250,7 +227,6 @@ class EtcdLock(_Contender):
         self.reentrant = reentrant
         self._count = 0
         self._acquiring = False
-        self._holds: list[Any] = []
 
     @property
     def is_held(self) -> bool:
@@ -301,26 +277,12 @@ class EtcdLock(_Contender):
         await self._drop_key()
         self._leave_turn()
 
-    async def __aenter__(self) -> Self:
-        hold = self._hold()
-        await hold.__aenter__()
-        self._holds.append(hold)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        result: bool | None = await self._holds.pop().__aexit__(exc_type, exc, tb)
-        return result
-
     @asynccontextmanager
     async def _hold(self) -> AsyncIterator[None]:
         await self.acquire()
+        assert self._session is not None
         try:
-            async with self._held_body("EtcdLock"):
+            async with cancelled_on_loss(self._session, f"EtcdLock on {self.path}"):
                 yield
         finally:
             await self.release()
@@ -342,7 +304,6 @@ class EtcdElection(_Contender):
         if not isinstance(identity, str):
             raise WrongTypeError(f"identity must be str, not {type(identity).__name__}")
         self.identity = identity
-        self._holds: list[Any] = []
 
     @property
     def is_leader(self) -> bool:
@@ -460,26 +421,12 @@ class EtcdElection(_Contender):
                     await stream.close()
             await anyio.sleep(0.05)  # back off; reads retry within the timeout
 
-    async def __aenter__(self) -> Self:
-        hold = self._hold()
-        await hold.__aenter__()
-        self._holds.append(hold)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        result: bool | None = await self._holds.pop().__aexit__(exc_type, exc, tb)
-        return result
-
     @asynccontextmanager
     async def _hold(self) -> AsyncIterator[None]:
         await self.campaign()
+        assert self._session is not None
         try:
-            async with self._held_body("EtcdElection"):
+            async with cancelled_on_loss(self._session, f"EtcdElection on {self.path}"):
                 yield
         finally:
             await self.resign()

@@ -16,10 +16,9 @@ from __future__ import annotations
 import abc
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, ClassVar, Self, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import anyio
 
@@ -27,13 +26,13 @@ from coordkit import (
     Client,
     CoordkitError,
     EventType,
-    LockLostError,
     NoNodeError,
     RecipeStateError,
     Session,
     SessionExpiredError,
     WrongTypeError,
 )
+from coordkit.holding import Holdable, cancelled_on_loss
 from coordkit.paths import SEQUENCE_DIGITS, check_path, join
 from coordkit.plugins import native_recipe
 
@@ -264,7 +263,7 @@ async def _delete_quietly(client: Client, path: str) -> None:
 # -- the queue-of-nodes lock shared by Lock, ReadLock, WriteLock and Semaphore ---------
 
 
-class SequentialLock(abc.ABC):
+class SequentialLock(Holdable, abc.ABC):
     """A lock-like primitive whose holders queue as ephemeral sequential nodes.
 
     A contender creates ``<uuid4 hex><marker><sequence>`` under ``path``
@@ -301,7 +300,6 @@ class SequentialLock(abc.ABC):
         self._count = 0
         self._acquiring = False
         self._prepared = False
-        self._holds: list[AbstractAsyncContextManager[Any]] = []
 
     # -- what subclasses decide ---------------------------------------------------
 
@@ -475,21 +473,7 @@ class SequentialLock(abc.ABC):
         node, self._node, self._token, self._session = self._node, None, None, None
         await delete_nodes(self.client, self.path, known=node, prefix="")
 
-    # -- async with ---------------------------------------------------------------------
-
-    async def __aenter__(self) -> Self:
-        hold = self._hold()
-        await hold.__aenter__()
-        self._holds.append(hold)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        return await self._holds.pop().__aexit__(exc_type, exc, tb)
+    # -- async with (Holdable) ------------------------------------------------------------
 
     @asynccontextmanager
     async def _hold(self) -> AsyncIterator[None]:
@@ -501,26 +485,11 @@ class SequentialLock(abc.ABC):
         await self.acquire()
         session = self._session
         assert session is not None
-        body_error: Exception | None = None
         try:
-            async with anyio.create_task_group() as tg:
-
-                async def cancel_on_loss() -> None:
-                    await session.wait_lost()
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(cancel_on_loss)
-                try:
-                    yield
-                except Exception as exc:  # re-raised below, outside the task group
-                    body_error = exc
-                tg.cancel_scope.cancel()
+            async with cancelled_on_loss(session, f"{type(self).__name__} on {self.path}"):
+                yield
         finally:
             await self.release()
-        if body_error is not None:
-            raise body_error
-        if session.lost:
-            raise LockLostError(f"{type(self).__name__} on {self.path} lost: the session ended")
 
     def __repr__(self) -> str:
         state = "held" if self.is_held else "lost" if self.lost else "free"
