@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-
 import anyio
 import pytest
+from recipe_support import clients  # tests/support
 
 import coordkit
 from coordkit import Client
@@ -16,12 +14,6 @@ from coordkit.recipes.base import wait_until
 pytestmark = pytest.mark.anyio
 
 PATH = "/barriers/b"
-
-
-@asynccontextmanager
-async def clients(url: str, count: int) -> AsyncIterator[list[Client]]:
-    async with AsyncExitStack() as stack:
-        yield [await stack.enter_async_context(coordkit.connect(url)) for _ in range(count)]
 
 
 async def wait_children(client: Client, count: int) -> None:

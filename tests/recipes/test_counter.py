@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-
 import anyio
 import pytest
+from recipe_support import clients  # tests/support
 
 import coordkit
-from coordkit import Client, InvalidArgumentError, WrongTypeError
+from coordkit import InvalidArgumentError, WrongTypeError
 from coordkit.recipes.counter import Counter
 
 pytestmark = pytest.mark.anyio
 
 PATH = "/counters/jobs"
-
-
-@asynccontextmanager
-async def clients(url: str, count: int) -> AsyncIterator[list[Client]]:
-    async with AsyncExitStack() as stack:
-        yield [await stack.enter_async_context(coordkit.connect(url)) for _ in range(count)]
 
 
 async def test_concurrent_adds_from_many_clients_are_exact(backend_url: str) -> None:

@@ -6,13 +6,12 @@ import itertools
 import random
 import re
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
+from recipe_support import clients, count_reads  # tests/support
 
 import coordkit
 from coordkit import Capability, Client, ConnectionLostError, LockLostError, SessionExpiredError
@@ -24,14 +23,6 @@ pytestmark = pytest.mark.anyio
 
 PATH = "/locks/job"
 KAZOO_NAME = re.compile(r"^[0-9a-f]{32}__lock__[0-9]{10}$")
-
-
-@asynccontextmanager
-async def clients(url: str, count: int, **options: Any) -> AsyncIterator[list[Client]]:
-    async with AsyncExitStack() as stack:
-        yield [
-            await stack.enter_async_context(coordkit.connect(url, **options)) for _ in range(count)
-        ]
 
 
 class GenericLock(Lock):
@@ -124,27 +115,6 @@ async def test_waiters_acquire_in_the_order_they_queued(
     assert order == list(range(waiters))
     assert first_token is not None and first_token < tokens[0]
     assert tokens == sorted(set(tokens))
-
-
-def count_reads(client: Client) -> tuple[Counter[str], anyio.Event]:
-    """Count the client's reads and watches.
-
-    The event is set at the first read after a watch opened: a waiter has
-    then checked what it watches, and makes no further call until woken.
-    """
-    calls: Counter[str] = Counter()
-    checked = anyio.Event()
-    for name in ("children", "exists", "get", "watch"):
-        original = getattr(client, name)
-
-        def counted(*args: Any, _original: Any = original, _name: str = name, **kw: Any) -> Any:
-            calls[_name] += 1
-            if _name != "watch" and calls["watch"]:
-                checked.set()
-            return _original(*args, **kw)
-
-        setattr(client, name, counted)
-    return calls, checked
 
 
 async def test_waiter_watches_only_its_predecessor(backend_url: str) -> None:

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
 
 import anyio
 import anyio.lowlevel
 import pytest
+from recipe_support import clients, wait_queue_length  # tests/support
 
-import coordkit
-from coordkit import Client
-from coordkit.recipes.base import SequentialLock, list_contenders, wait_until
+from coordkit.recipes.base import SequentialLock
 from coordkit.recipes.lock import Lock
 from coordkit.recipes.rwlock import ReadWriteLock
 
@@ -24,20 +21,6 @@ PATH = "/locks/table"
 
 class PlainLock(Lock):
     """The generic Lock, even where the backend supplies a native one."""
-
-
-@asynccontextmanager
-async def clients(url: str, count: int) -> AsyncIterator[list[Client]]:
-    async with AsyncExitStack() as stack:
-        yield [await stack.enter_async_context(coordkit.connect(url)) for _ in range(count)]
-
-
-async def wait_queue_length(client: Client, length: int) -> None:
-    async def reached() -> bool:
-        return len(await list_contenders(client, PATH, Lock.markers)) >= length
-
-    with anyio.fail_after(10):
-        await wait_until(client, PATH, reached, recursive=True)
 
 
 async def test_readers_share_the_lock(backend_url: str) -> None:
@@ -81,9 +64,9 @@ async def test_a_waiting_writer_is_not_starved_by_later_readers(backend_url: str
         with anyio.fail_after(20):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(take, ReadWriteLock(b, PATH, "w").write_lock, "w")
-                await wait_queue_length(a, 2)
+                await wait_queue_length(a, PATH, Lock.markers, 2)
                 tg.start_soon(take, ReadWriteLock(c, PATH, "r2").read_lock, "r2")
-                await wait_queue_length(a, 3)
+                await wait_queue_length(a, PATH, Lock.markers, 3)
                 assert order == []  # r2 queued behind the writer, not beside r1
                 await first_reader.release()
     assert order == ["w", "r2"]
@@ -139,7 +122,7 @@ async def test_cancelled_waiters_leave_no_node(backend_url: str) -> None:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(ReadWriteLock(b, PATH).read_lock.acquire)
                 tg.start_soon(ReadWriteLock(c, PATH).write_lock.acquire)
-                await wait_queue_length(a, 3)
+                await wait_queue_length(a, PATH, Lock.markers, 3)
                 tg.cancel_scope.cancel()
         assert len(await a.children(PATH)) == 1
         await writer.release()

@@ -3,37 +3,18 @@
 from __future__ import annotations
 
 import random
-from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
+from recipe_support import clients, count_reads, wait_queue_length  # tests/support
 
-import coordkit
-from coordkit import Capability, Client, InvalidArgumentError, LockLostError
-from coordkit.recipes.base import list_contenders, wait_until
+from coordkit import Capability, InvalidArgumentError, LockLostError
 from coordkit.recipes.semaphore import Semaphore
 
 pytestmark = pytest.mark.anyio
 
 PATH = "/sem/workers"
-
-
-@asynccontextmanager
-async def clients(url: str, count: int) -> AsyncIterator[list[Client]]:
-    async with AsyncExitStack() as stack:
-        yield [await stack.enter_async_context(coordkit.connect(url)) for _ in range(count)]
-
-
-async def wait_queue_length(client: Client, length: int) -> None:
-    async def reached() -> bool:
-        return len(await list_contenders(client, PATH, Semaphore.markers)) >= length
-
-    with anyio.fail_after(10):
-        await wait_until(client, PATH, reached, recursive=True)
 
 
 async def test_never_more_than_max_leases_holders(backend_url: str) -> None:
@@ -94,7 +75,7 @@ async def test_waiters_are_admitted_in_queue_order(backend_url: str) -> None:
             async with anyio.create_task_group() as tg:
                 for i in range(waiters):
                     tg.start_soon(wait_turn, i)
-                    await wait_queue_length(conns[0], limit + i + 1)
+                    await wait_queue_length(conns[0], PATH, Semaphore.markers, limit + i + 1)
                 for i in range(waiters):
                     await holding.pop(0).release()  # frees exactly one lease
                     await events[i].wait()
@@ -102,23 +83,6 @@ async def test_waiters_are_admitted_in_queue_order(backend_url: str) -> None:
                     holding.append(sems[i])
         for sem in holding:
             await sem.release()
-
-
-def count_reads(client: Client) -> tuple[Counter[str], anyio.Event]:
-    """Count the client's reads; the event is set at the first read after a watch opened."""
-    calls: Counter[str] = Counter()
-    checked = anyio.Event()
-    for name in ("children", "exists", "get", "watch"):
-        original = getattr(client, name)
-
-        def counted(*args: Any, _original: Any = original, _name: str = name, **kw: Any) -> Any:
-            calls[_name] += 1
-            if _name != "watch" and calls["watch"]:
-                checked.set()
-            return _original(*args, **kw)
-
-        setattr(client, name, counted)
-    return calls, checked
 
 
 async def test_a_release_wakes_only_waiters_within_max_leases_behind_it(backend_url: str) -> None:
@@ -200,7 +164,7 @@ async def test_expired_session_cancels_the_body(backend_url: str) -> None:
                 tg.start_soon(hold)
                 await entered.wait()
                 tg.start_soon(waiter.acquire)
-                await wait_queue_length(w, 2)
+                await wait_queue_length(w, PATH, Semaphore.markers, 2)
                 await h.expire_session()
         assert cancelled and waiter.is_held
         assert await waiter.holders() == ["waiter"]
