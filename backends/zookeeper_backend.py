@@ -41,7 +41,7 @@ from coordkit.model import Capability, Event, Node, Status
 from coordkit.paths import join
 from coordkit.txn import Compare, Op, TxnResult
 
-from .zookeeper_kazoo import LoopBridge, instrument_connection, map_error
+from .zookeeper_kazoo import LoopBridge, instrument_connection, map_error, multi_failures
 from .zookeeper_paths import EscapingClient, decode_path
 from .zookeeper_txn import run_txn
 from .zookeeper_watch import (
@@ -300,12 +300,7 @@ class ZooKeeperBackend(Backend):
             txn.create(path, value, ephemeral=ephemeral, sequence=sequential)
             result = txn.commit_async()
             replies = await self._call(result)
-            errors = [
-                (i, r)
-                for i, r in enumerate(replies)
-                if isinstance(r, Exception)
-                and not isinstance(r, kx.RolledBackError | kx.RuntimeInconsistency)
-            ]
+            errors = multi_failures(replies)
             if not errors:
                 zxid = result.zxid
                 return Node(decode_path(replies[-1]), value, zxid, zxid, 0, owner, 0)
@@ -367,12 +362,7 @@ class ZooKeeperBackend(Backend):
                 txn.delete(descendant)
             txn.delete(path, expected)
             replies = await self._call(txn.commit_async())
-            errors = [
-                (i, r)
-                for i, r in enumerate(replies)
-                if isinstance(r, Exception)
-                and not isinstance(r, kx.RolledBackError | kx.RuntimeInconsistency)
-            ]
+            errors = multi_failures(replies)
             if not errors:
                 return
             index, error = errors[0]

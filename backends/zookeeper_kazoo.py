@@ -50,6 +50,7 @@ __all__ = [
     "RemoveWatches",
     "instrument_connection",
     "map_error",
+    "multi_failures",
 ]
 
 #: ZooKeeper's AddWatch modes (3.6+).
@@ -98,6 +99,19 @@ class RemoveWatches:
     @classmethod
     def deserialize(cls, data: bytes, offset: int) -> bool:
         return True
+
+
+def multi_failures(replies: list[Any]) -> list[tuple[int, BaseException]]:
+    """The ops of a ``multi`` that failed for a reason of their own, with their indexes.
+
+    An op ZooKeeper only rolled back because another failed is left out.
+    """
+    return [
+        (i, r)
+        for i, r in enumerate(replies)
+        if isinstance(r, Exception)
+        and not isinstance(r, kx.RolledBackError | kx.RuntimeInconsistency)
+    ]
 
 
 def map_error(exc: BaseException) -> CoordkitError:

@@ -34,7 +34,7 @@ from coordkit.model import Node
 from coordkit.paths import parent
 from coordkit.txn import Compare, CreateOp, DeleteOp, GetOp, Op, SetOp, TxnResult
 
-from .zookeeper_kazoo import LoopBridge, map_error
+from .zookeeper_kazoo import LoopBridge, map_error, multi_failures
 from .zookeeper_paths import decode_path
 from .zookeeper_watch import ancestors, node_from_stat
 
@@ -166,12 +166,7 @@ async def _commit(
             txn.delete(op.path, -1 if op.version is None else op.version)
     result = txn.commit_async()
     replies = await bridge.wait(result)
-    failures = [
-        (i, r)
-        for i, r in enumerate(replies)
-        if isinstance(r, Exception)
-        and not isinstance(r, kx.RolledBackError | kx.RuntimeInconsistency)
-    ]
+    failures = multi_failures(replies)
     if failures:
         index, error = failures[0]
         return None if index < guards else error
