@@ -82,45 +82,46 @@ class ConcurrencyRules(ConformanceBase):
                     assert (await existing_node(reader, node.path)).value == str(i).encode()
 
     async def test_racing_compare_and_set_increments_lose_no_update(self, kit: Kit) -> None:
-        conflicts = 0
+        async def attempt(client: Client, node: Node) -> bool:
+            try:
+                await client.set(
+                    "/counter", str(int(node.value) + 1).encode(), version=node.version
+                )
+            except BadVersionError:
+                return False
+            return True
 
-        async def increment(_: int, client: Client) -> None:
-            nonlocal conflicts
-            for _ in range(self.increments_per_task):
-                while True:
-                    node = await existing_node(client, "/counter")
-                    try:
-                        await client.set(
-                            "/counter", str(int(node.value) + 1).encode(), version=node.version
-                        )
-                        break
-                    except BadVersionError:
-                        conflicts += 1
-
-        async with kit.connect() as reader:
-            await reader.create("/counter", b"0")
-            await self._race_to_end(kit, increment)
-            total = self.contention_tasks * self.increments_per_task
-            final = await existing_node(reader, "/counter")
-            assert (final.value, final.version) == (str(total).encode(), total), "lost update"
-            assert conflicts > 0, "no set(version=...) ever conflicted: the race never happened"
+        await self._race_increments(kit, attempt, "no set(version=...) ever conflicted")
 
     async def test_racing_transaction_compare_and_set_increments_lose_no_update(
         self, kit: Kit
     ) -> None:
+        async def attempt(client: Client, node: Node) -> bool:
+            result = await client.txn(
+                [Compare.version("/counter", "==", node.version)],
+                [SetOp("/counter", str(int(node.value) + 1).encode())],
+            )
+            return result.succeeded
+
+        await self._race_increments(kit, attempt, "no compare ever failed")
+
+    async def _race_increments(
+        self,
+        kit: Kit,
+        attempt: Callable[[Client, Node], Coroutine[Any, Any, bool]],
+        no_conflict: str,
+    ) -> None:
+        """Every task increments ``/counter`` by read-then-``attempt`` until it applies.
+
+        No increment may be lost, and at least one attempt must have lost the
+        race (else the test proved nothing).
+        """
         conflicts = 0
 
         async def increment(_: int, client: Client) -> None:
             nonlocal conflicts
             for _ in range(self.increments_per_task):
-                while True:
-                    node = await existing_node(client, "/counter")
-                    result = await client.txn(
-                        [Compare.version("/counter", "==", node.version)],
-                        [SetOp("/counter", str(int(node.value) + 1).encode())],
-                    )
-                    if result.succeeded:
-                        break
+                while not await attempt(client, await existing_node(client, "/counter")):
                     conflicts += 1
 
         async with kit.connect() as reader:
@@ -129,7 +130,7 @@ class ConcurrencyRules(ConformanceBase):
             total = self.contention_tasks * self.increments_per_task
             final = await existing_node(reader, "/counter")
             assert (final.value, final.version) == (str(total).encode(), total), "lost update"
-            assert conflicts > 0, "no compare ever failed: the race never happened"
+            assert conflicts > 0, f"{no_conflict}: the race never happened"
 
     async def test_concurrent_creates_of_one_path_exactly_one_wins(self, kit: Kit) -> None:
         await self._assert_one_create_wins(kit, "/one", ephemeral=False)
