@@ -51,7 +51,6 @@ class ZooKeeperLock(Lock):
 
     async def _queue(self) -> list[Contender]:
         backend = self._zk
-        await backend._live()
 
         async def read() -> list[str]:
             names: list[str] = await backend._call(backend._kazoo.get_children_async(self.path))
