@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from coordkit.backends.raft import (
+from coordkit.backends.raft.core import (
     ConfState,
     MemoryStorage,
     Message,

@@ -1,62 +1,8 @@
-"""The built-in Raft backend.
+"""The built-in Raft backend, in three layers that import downwards only.
 
-The consensus core is sans-I/O (:class:`RaftCore`, driven through
-``ready()``/``advance()``); storage, transport and the server build on it.
+* :mod:`.core`: the consensus state machine, sans-I/O (no clock, sockets,
+  threads, randomness or files: all injected), proven in simulation;
+* :mod:`.node`: what makes it a server process: durable storage (write-ahead
+  log, snapshots), the peer transport and the server runtime;
+* the ``raft://`` client: the Backend that talks to a cluster of nodes.
 """
-
-from __future__ import annotations
-
-from .config import RaftConfig
-from .core import RaftCore
-from .errors import (
-    CompactedError,
-    ConfChangeError,
-    NotLeaderError,
-    ProposalDroppedError,
-    RaftError,
-    UnavailableError,
-)
-from .messages import (
-    ConfChange,
-    ConfChangeType,
-    ConfState,
-    Entry,
-    EntryType,
-    HardState,
-    Message,
-    MessageType,
-    ReadState,
-    Ready,
-    Role,
-    Snapshot,
-    SnapshotMeta,
-    SoftState,
-)
-from .storage import MemoryStorage, Storage
-
-__all__ = [
-    "CompactedError",
-    "ConfChange",
-    "ConfChangeError",
-    "ConfChangeType",
-    "ConfState",
-    "Entry",
-    "EntryType",
-    "HardState",
-    "MemoryStorage",
-    "Message",
-    "MessageType",
-    "NotLeaderError",
-    "ProposalDroppedError",
-    "RaftConfig",
-    "RaftCore",
-    "RaftError",
-    "ReadState",
-    "Ready",
-    "Role",
-    "Snapshot",
-    "SnapshotMeta",
-    "SoftState",
-    "Storage",
-    "UnavailableError",
-]

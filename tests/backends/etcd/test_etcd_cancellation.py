@@ -21,10 +21,10 @@ from etcd_servers import bounded, free_port
 
 import coordkit
 from coordkit import Client, ConnectionLostError, CoordkitError, EventType, NodeExistsError
-from coordkit.backends import etcd_ops as ops
-from coordkit.backends.etcd_backend import EtcdBackend
-from coordkit.backends.etcd_keys import prefix_end
-from coordkit.backends.etcd_rpc import EtcdChannel
+from coordkit.backends.etcd import ops
+from coordkit.backends.etcd.backend import EtcdBackend
+from coordkit.backends.etcd.keys import prefix_end
+from coordkit.backends.etcd.rpc import EtcdChannel
 from coordkit.txn import Compare, CreateOp
 
 pytestmark = [pytest.mark.anyio, pytest.mark.etcd]

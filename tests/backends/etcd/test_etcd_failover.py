@@ -28,7 +28,7 @@ from etcd_servers import EtcdCluster, EtcdMember, bounded
 
 import coordkit
 from coordkit import Client, EventType
-from coordkit.backends.etcd_backend import EtcdBackend
+from coordkit.backends.etcd.backend import EtcdBackend
 from coordkit.recipes.lock import Lock
 
 pytestmark = [pytest.mark.anyio, pytest.mark.etcd]

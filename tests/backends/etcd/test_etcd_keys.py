@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from coordkit.backends.etcd_keys import KeyLayout, depth, prefix_end
+from coordkit.backends.etcd.keys import KeyLayout, depth, prefix_end
 from coordkit.errors import ConfigurationError
 
 

@@ -14,7 +14,7 @@ from etcd_servers import ETCDCTL, EtcdCluster, bounded
 
 import coordkit
 import coordkit.plugins
-from coordkit.backends.etcd_native import EtcdElection, EtcdLock
+from coordkit.backends.etcd.native import EtcdElection, EtcdLock
 from coordkit.recipes.lock import Lock
 
 pytestmark = [pytest.mark.anyio, pytest.mark.etcd]

@@ -26,7 +26,7 @@ from coordkit import (
     NoNodeError,
     NotEmptyError,
 )
-from coordkit.backends.etcd_backend import EtcdBackend
+from coordkit.backends.etcd.backend import EtcdBackend
 from coordkit.txn import Compare, CreateOp, DeleteOp, GetOp, SetOp
 
 pytestmark = [pytest.mark.anyio, pytest.mark.etcd]

@@ -9,7 +9,7 @@ from etcd_servers import bounded
 
 import coordkit
 from coordkit import EventType, UnsupportedError
-from coordkit.backends.etcd_backend import EtcdBackend
+from coordkit.backends.etcd.backend import EtcdBackend
 
 pytestmark = [pytest.mark.anyio, pytest.mark.etcd]
 

@@ -11,7 +11,7 @@ import pytest
 
 import coordkit
 from coordkit.backend import BackendURL
-from coordkit.backends.zookeeper_paths import decode_path, encode_path
+from coordkit.backends.zookeeper.paths import decode_path, encode_path
 
 kazoo_client = pytest.importorskip("kazoo.client")
 

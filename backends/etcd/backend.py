@@ -1,0 +1,549 @@
+"""The ``etcd://`` backend: the node hierarchy on etcd v3 keys, sessions on leases.
+
+Needs the ``coordkit[etcd]`` extra (aetcd's stubs and grpcio); runs on asyncio
+only, because grpc.aio does. See :mod:`~coordkit.backends.etcd.keys` for the
+key layout and ``docs/backends/etcd.md`` for the whole story.
+
+Guarantees under faults: every mutation is one etcd transaction (one
+revision), guarded by compares, so a concurrent change makes it retry or fail
+cleanly, never half-apply. Reads are linearizable unless ``consistent=False``
+(then serializable: served by the member we talk to, possibly stale). A
+write whose connection breaks mid-flight raises :class:`ConnectionLostError`
+(its outcome is unknown); requests etcd refused because it had no leader are
+retried within the operation timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import grpc
+from aetcd import rpc
+from anyio.abc import TaskGroup
+
+from coordkit.backend import Backend, BackendURL, ConnectOptions, Session
+from coordkit.errors import (
+    BadVersionError,
+    ClientClosedError,
+    CoordkitError,
+    NoChildrenForEphemeralsError,
+    NodeExistsError,
+    NoNodeError,
+    NotEmptyError,
+    UnsupportedError,
+)
+from coordkit.model import Capability, Event, Node, Status
+from coordkit.paths import SEQUENCE_DIGITS, parent
+from coordkit.txn import Compare, Op, TxnResult
+
+from . import ops
+from .keys import KeyLayout, depth, prefix_end
+from .rpc import EtcdChannel, map_error, target_of, ttl_seconds
+from .txn import run_txn
+from .watch import EtcdWatch
+
+__all__ = ["EtcdBackend"]
+
+
+def _ancestors(path: str) -> list[str]:
+    """Proper ancestors of ``path`` below the root, top-down (``/a/b/c`` → ``/a``, ``/a/b``)."""
+    parts = path.split("/")[1:-1]
+    return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+class EtcdBackend(Backend):
+    """A coordkit hierarchy stored in etcd under the URL's key prefix."""
+
+    capabilities = frozenset(
+        {
+            Capability.WATCH_FROM_REVISION,
+            Capability.TXN_ELSE,
+            Capability.TXN_VALUE_COMPARE,
+            Capability.TXN_REVISION_COMPARE,
+            Capability.ABORT,
+            Capability.EXPIRE_SESSION,
+            Capability.DENSE_REVISIONS,
+            Capability.WATCH_EVERY_CHANGE,
+        }
+    )
+
+    def __init__(self, url: BackendURL, options: ConnectOptions) -> None:
+        self.url = url
+        self.options = options
+        self.layout = KeyLayout.from_url_path(url.path)
+        self._target = target_of(url)
+        self._channel: EtcdChannel | None = None
+        self._session: Session | None = None
+        self._session_lock = anyio.Lock()
+        self._runner: asyncio.Task[None] | None = None
+        self._tg: TaskGroup | None = None
+        self._last_renewed = 0.0
+        self._renewed = anyio.Event()  # set (and replaced) at each confirmation
+        self._granting = 0  # the id of a lease being granted (revoked if open() fails)
+        self._aborted = False
+        self._closed = False
+        self._turns: dict[str, anyio.Semaphore] = {}
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def open(self) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise UnsupportedError(
+                "the etcd backend runs on asyncio only (grpc.aio, the transport under aetcd)"
+            ) from None
+        self._channel = EtcdChannel(self._target, self.options.timeout)
+        try:
+            self._session = await self._grant()
+            # The keepalive runs in a task group hosted by a task of its own, so
+            # that close() may end it from inside the client's shielded scope,
+            # and abort() from any task: neither has to exit a cancel scope
+            # entered in open().
+            started = anyio.Event()
+            self._runner = asyncio.get_running_loop().create_task(self._run(started))
+            await started.wait()
+        except BaseException:
+            # Cancelled or failed half-way: leave no keepalive task, lease or channel.
+            with anyio.CancelScope(shield=True):
+                await self._stop_runner()
+                await self._revoke(self._granting or (self._session.id if self._session else 0))
+                self._session = None
+                await self._channel.close()
+                self._channel = None
+            raise
+
+    async def _run(self, started: anyio.Event) -> None:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            tg.start_soon(self._keepalive_loop)
+            started.set()
+            await anyio.sleep_forever()
+
+    async def _stop_runner(self) -> None:
+        runner, self._runner, self._tg = self._runner, None, None
+        if runner is not None:
+            runner.cancel()
+            await asyncio.wait([runner])
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._stop_runner()
+        session = self._session
+        if session is not None and not self._aborted:
+            # Revoking the lease deletes the session's ephemeral nodes at once.
+            await self._revoke(session.id)
+            session.mark_lost()
+        if self._channel is not None:
+            await self._channel.close()
+
+    async def abort(self) -> None:
+        self._aborted = True
+        await self._stop_runner()
+        if self._channel is not None:
+            await self._channel.close()
+
+    async def expire_session(self) -> None:
+        old = self.session
+        await self.channel.call(
+            self.channel.lease.LeaseRevoke, rpc.LeaseRevokeRequest(ID=old.id), idempotent=True
+        )
+        await self._renew_session(old)
+
+    # -- what native recipes use -----------------------------------------------
+
+    @property
+    def channel(self) -> EtcdChannel:
+        if self._channel is None or self._closed or self._aborted:
+            raise ClientClosedError("the etcd backend is not open")
+        return self._channel
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            raise ClientClosedError("the etcd backend is not open")
+        return self._session
+
+    @property
+    def last_renewed(self) -> float:
+        """``time.monotonic()`` when etcd last confirmed the session's lease
+        (its grant or a keepalive answer)."""
+        return self._last_renewed
+
+    async def wait_renewed(self, since: float) -> None:
+        """Return once etcd has confirmed the session's lease after ``since``
+        (a ``time.monotonic()`` value)."""
+        while self._last_renewed <= since:
+            await self._renewed.wait()
+
+    def _confirmed(self, asked_at: float) -> None:
+        """etcd confirmed the lease in answer to a request sent at ``asked_at``:
+        the lease lives at least a TTL from then (counting from the answer
+        would let the client believe in its session after etcd expired it)."""
+        self._last_renewed = max(self._last_renewed, asked_at)
+        self._renewed.set()
+        self._renewed = anyio.Event()
+
+    def start_soon(self, func: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        """Run ``func`` in the backend's task group (cancelled when the backend closes)."""
+        if self._tg is None:
+            raise ClientClosedError("the etcd backend is not open")
+        self._tg.start_soon(func)
+
+    def native_turn(self, name: str) -> anyio.Semaphore:
+        """The FIFO turn of this client's contenders for native lock/election ``name``
+        (etcd's layout allows one key per lease)."""
+        return self._turns.setdefault(name, anyio.Semaphore(1, fast_acquire=False))
+
+    async def kv_txn(self, request: Any, *, idempotent: bool = False) -> Any:
+        return await self.channel.call(self.channel.kv.Txn, request, idempotent=idempotent)
+
+    async def read(self, *requests: Any) -> Any:
+        """Several range ops read atomically at one revision (a read-only txn)."""
+        return await self.kv_txn(ops.txn_request([], list(requests), []), idempotent=True)
+
+    # -- sessions = leases -----------------------------------------------------
+
+    async def _grant(self) -> Session:
+        """A new lease. We choose its id, so a grant whose answer we never saw
+        (cancelled, or the connection broke) can still be revoked by that id."""
+        while True:
+            self._granting = secrets.randbits(62) + 1
+            asked_at = time.monotonic()
+            try:
+                reply = await self.channel.call(
+                    self.channel.lease.LeaseGrant,
+                    rpc.LeaseGrantRequest(
+                        TTL=ttl_seconds(self.options.session_ttl), ID=self._granting
+                    ),
+                    idempotent=False,
+                )
+            except CoordkitError as exc:
+                if "lease already exists" in str(exc):
+                    continue  # someone holds that id: pick another
+                raise
+            self._granting = 0
+            self._confirmed(asked_at)
+            return Session(int(reply.ID), float(reply.TTL))
+
+    async def _revoke(self, lease_id: int) -> None:
+        """Revoke a lease (best effort, bounded): its keys go at once."""
+        if not lease_id or self._channel is None:
+            return
+        channel = self._channel
+        with anyio.move_on_after(min(self.options.timeout, 3.0)), suppress(CoordkitError):
+            await channel.call(
+                channel.lease.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease_id), idempotent=True
+            )
+
+    async def _renew_session(self, old: Session) -> None:
+        """Mark ``old`` lost and open a fresh lease (once, however many callers)."""
+        # Shielded: marking the old session lost wakes its holders, which may
+        # cancel the very task that runs this; the client needs the new lease.
+        with anyio.CancelScope(shield=True):
+            async with self._session_lock:
+                if self._session is not old:
+                    return
+                old.mark_lost()
+                self._session = await self._grant()
+
+    async def _keepalive_loop(self) -> None:
+        while True:
+            with suppress(Exception):
+                await self._keepalive_stream()
+            session = self.session
+            session.mark_suspended()
+            if time.monotonic() - self._last_renewed > session.ttl:
+                # Not renewed for a whole TTL: the server has dropped the lease.
+                with suppress(CoordkitError):
+                    await self._renew_session(session)
+            await anyio.sleep(0.1)
+
+    async def _keepalive_stream(self) -> None:
+        stream = self.channel.stream(self.channel.lease.LeaseKeepAlive)
+        try:
+            while True:
+                session = self.session
+                asked_at = time.monotonic()
+                with anyio.fail_after(max(session.ttl / 3, 0.5)):
+                    await stream.write(rpc.LeaseKeepAliveRequest(ID=session.id))
+                    reply = await stream.read()
+                if reply is grpc.aio.EOF:
+                    return
+                if session.id != reply.ID or session is not self._session:
+                    continue
+                if reply.TTL <= 0:
+                    await self._renew_session(session)
+                    continue
+                self._confirmed(asked_at)
+                session.mark_connected()
+                await anyio.sleep(session.ttl / 3)
+        finally:
+            await stream.close()
+
+    async def lease_alive(self, session: Session) -> bool:
+        """Whether etcd still has ``session``'s lease; if not, the session is
+        marked lost (and a new one opened) before this returns False."""
+        if session.lost:
+            return False
+        reply = await self.channel.call(
+            self.channel.lease.LeaseTimeToLive,
+            rpc.LeaseTimeToLiveRequest(ID=session.id),
+            idempotent=True,
+        )
+        if reply.TTL > 0:
+            return True
+        with suppress(CoordkitError):
+            await self._renew_session(session)
+        session.mark_lost()
+        return False
+
+    def lease_for(self, ephemeral: bool) -> int:
+        return self.session.id if ephemeral else 0
+
+    # -- reads -----------------------------------------------------------------
+
+    async def get(self, path: str, *, consistent: bool) -> Node | None:
+        layout, stale = self.layout, not consistent
+        reply = await self.read(
+            ops.range_op(layout.data(path), serializable=stale),
+            ops.range_op(
+                layout.children(path),
+                prefix_end(layout.children(path)),
+                count_only=True,
+                serializable=stale,
+            ),
+        )
+        found = ops.kvs(reply.responses[0])
+        count = ops.count(reply.responses[1])
+        if path == "/":
+            return ops.root_node(found[0] if found else None, count)
+        return ops.node_of(path, found[0], count) if found else None
+
+    async def children(self, path: str, *, consistent: bool) -> list[str]:
+        layout, stale = self.layout, not consistent
+        prefix = layout.children(path)
+        reply = await self.read(
+            ops.range_op(layout.data(path), count_only=True, serializable=stale),
+            ops.range_op(prefix, prefix_end(prefix), keys_only=True, serializable=stale),
+        )
+        if path != "/" and ops.count(reply.responses[0]) == 0:
+            raise NoNodeError(path)
+        return sorted(layout.name_of(kv.key) for kv in ops.kvs(reply.responses[1]))
+
+    async def status(self) -> Status:
+        channel = self.channel
+        state = await channel.call(channel.maintenance.Status, rpc.StatusRequest(), idempotent=True)
+        members = await channel.call(
+            channel.cluster.MemberList, rpc.MemberListRequest(), idempotent=True
+        )
+        # The member's header may lag; a linearizable read gives the cluster's revision.
+        current = await self.read(ops.range_op(self.layout.data("/"), count_only=True))
+        names = {m.ID: m.name or f"{m.ID:x}" for m in members.members}
+        endpoints = {
+            m.ID: urlsplit(m.clientURLs[0]).netloc for m in members.members if m.clientURLs
+        }
+        return Status(
+            backend="etcd",
+            revision=int(current.header.revision),
+            session_id=self.session.id,
+            leader=names.get(state.leader),
+            members=tuple(sorted(names.values())),
+            details={
+                "version": state.version,
+                "raft_term": int(state.raftTerm),
+                "db_size": int(state.dbSize),
+                "cluster_id": int(current.header.cluster_id),
+                "prefix": self.layout.prefix,
+                "target": self._target,
+                # the member this client talks to (pick_first: all calls go there)
+                "member": names.get(state.header.member_id),
+                "endpoint": endpoints.get(state.header.member_id),
+            },
+        )
+
+    # -- writes ----------------------------------------------------------------
+
+    async def create(
+        self, path: str, value: bytes, *, ephemeral: bool, sequential: bool, make_parents: bool
+    ) -> Node:
+        layout, lease = self.layout, self.lease_for(ephemeral)
+        parent_path = parent(path)
+        while True:
+            compares: list[Any] = []
+            writes: list[Any] = []
+            seq_version, seq_next = 0, 0
+            reads = [ops.range_op(layout.data(a)) for a in _ancestors(path)] if make_parents else []
+            if sequential:
+                reads.append(ops.range_op(layout.sequence(parent_path)))
+            if reads:
+                seen = (await self.read(*reads)).responses
+                if sequential:
+                    counter = ops.kvs(seen[-1])
+                    if counter:
+                        seq_version, seq_next = counter[0].version, int(counter[0].value)
+                if make_parents:
+                    self._plan_parents(path, seen, compares, writes)
+            if not make_parents and parent_path != "/":
+                compares.append(ops.compare(layout.data(parent_path), ops.CREATE, ops.GREATER, 0))
+                compares.append(ops.compare(layout.data(parent_path), ops.LEASE, ops.EQUAL, 0))
+            final = f"{path}{seq_next:0{SEQUENCE_DIGITS}d}" if sequential else path
+            if sequential:
+                key = layout.sequence(parent_path)
+                compares.append(ops.compare(key, ops.VERSION, ops.EQUAL, seq_version))
+                writes.append(ops.put_op(key, str(seq_next + 1).encode()))
+            compares.append(ops.compare(layout.data(final), ops.CREATE, ops.EQUAL, 0))
+            writes.append(ops.put_op(layout.data(final), value, lease=lease))
+            writes.append(ops.put_op(layout.index(final), b"", lease=lease))
+            diagnose = [
+                ops.range_op(layout.data(parent_path)),
+                ops.range_op(layout.data(final)),
+                ops.range_op(layout.sequence(parent_path)),
+            ]
+            reply = await self.kv_txn(ops.txn_request(compares, writes, diagnose))
+            if reply.succeeded:
+                rev = int(reply.header.revision)
+                return Node(final, value, rev, rev, 0, lease or None, 0)
+            parent_kv, node_kv, counter = (ops.kvs(r) for r in reply.responses)
+            raced = sequential and (counter[0].version if counter else 0) != seq_version
+            if node_kv and not raced:
+                raise NodeExistsError(final)
+            if parent_path != "/" and not parent_kv and not make_parents:
+                raise NoNodeError(f"parent of {path!r} does not exist")
+            if parent_kv and parent_kv[0].lease:
+                raise NoChildrenForEphemeralsError(f"{parent_path!r} is ephemeral")
+            # A sequence counter or an ancestor changed under us: read again.
+
+    def _plan_parents(self, path: str, seen: Any, compares: list[Any], writes: list[Any]) -> None:
+        """Pin each ancestor as read (by mod revision) and create the missing ones."""
+        layout, deepest_lease = self.layout, 0
+        for ancestor, response in zip(_ancestors(path), seen, strict=False):
+            found = ops.kvs(response)
+            mod = found[0].mod_revision if found else 0
+            compares.append(ops.compare(layout.data(ancestor), ops.MOD, ops.EQUAL, mod))
+            if found:
+                deepest_lease = found[0].lease
+                continue
+            if deepest_lease:
+                raise NoChildrenForEphemeralsError(f"{parent(ancestor)!r} is ephemeral")
+            writes.append(ops.put_op(layout.data(ancestor), b""))
+            writes.append(ops.put_op(layout.index(ancestor), b""))
+        if deepest_lease and not writes:
+            raise NoChildrenForEphemeralsError(f"{parent(path)!r} is ephemeral")
+
+    async def set(self, path: str, value: bytes, *, version: int | None) -> Node:
+        layout = self.layout
+        key, kids = layout.data(path), layout.children(path)
+        compares: list[Any] = []
+        if path != "/":
+            compares.append(ops.compare(key, ops.CREATE, ops.GREATER, 0))
+        if version is not None:
+            etcd_version = version if path == "/" else version + 1
+            compares.append(ops.compare(key, ops.VERSION, ops.EQUAL, etcd_version))
+        writes = [
+            ops.put_op(key, value, ignore_lease=path != "/", prev_kv=True),
+            ops.range_op(key),
+            ops.range_op(kids, prefix_end(kids), count_only=True),
+        ]
+        reply = await self.kv_txn(ops.txn_request(compares, writes, [ops.range_op(key)]))
+        if reply.succeeded:
+            kv = ops.kvs(reply.responses[1])[0]
+            return ops.node_of(path, kv, ops.count(reply.responses[2]))
+        if not ops.kvs(reply.responses[0]) and path != "/":
+            raise NoNodeError(path)
+        raise BadVersionError(f"{path}: version is not {version}")
+
+    async def delete(self, path: str, *, version: int | None, recursive: bool) -> None:
+        if recursive:
+            await self._delete_tree(path, version)
+            return
+        layout = self.layout
+        key, kids = layout.data(path), layout.children(path)
+        compares = [
+            ops.compare(key, ops.CREATE, ops.GREATER, 0),
+            ops.compare(kids, ops.CREATE, ops.EQUAL, 0, range_end=prefix_end(kids)),
+        ]
+        if version is not None:
+            compares.append(ops.compare(key, ops.VERSION, ops.EQUAL, version + 1))
+        writes = [
+            ops.delete_op(key),
+            ops.delete_op(layout.index(path)),
+            ops.delete_op(layout.sequence(path)),
+        ]
+        diagnose = [ops.range_op(key), ops.range_op(kids, prefix_end(kids), count_only=True)]
+        while True:
+            reply = await self.kv_txn(ops.txn_request(compares, writes, diagnose))
+            if reply.succeeded:
+                return
+            found, count = ops.kvs(reply.responses[0]), ops.count(reply.responses[1])
+            if not found:
+                raise NoNodeError(path)
+            if version is not None and found[0].version != version + 1:
+                raise BadVersionError(f"{path}: version is {found[0].version - 1}, not {version}")
+            if count:
+                raise NotEmptyError(path)
+
+    async def _delete_tree(self, path: str, version: int | None) -> None:
+        """Delete ``path`` and its subtree in one transaction, pinned to what was read."""
+        layout = self.layout
+        key, below = layout.data(path), layout.subtree(path)
+        while True:
+            seen = await self.read(
+                ops.range_op(key), ops.range_op(below, prefix_end(below), keys_only=True)
+            )
+            found = ops.kvs(seen.responses[0])
+            if not found:
+                raise NoNodeError(path)
+            if version is not None and found[0].version != version + 1:
+                raise BadVersionError(f"{path}: version is {found[0].version - 1}, not {version}")
+            levels = {depth(layout.path_of(kv.key)) for kv in ops.kvs(seen.responses[1])}
+            read_at = int(seen.header.revision)
+            compares = [
+                ops.compare(key, ops.MOD, ops.EQUAL, found[0].mod_revision),
+                # nothing below was created or changed since the read
+                ops.compare(below, ops.MOD, ops.LESS, read_at + 1, range_end=prefix_end(below)),
+            ]
+            seq_below = layout.sequence_subtree(path)
+            writes = [
+                ops.delete_op(key),
+                ops.delete_op(layout.index(path)),
+                ops.delete_op(layout.sequence(path)),
+                ops.delete_op(below, prefix_end(below)),
+                ops.delete_op(seq_below, prefix_end(seq_below)),
+            ]
+            for level in sorted(levels):
+                at = layout.descendants_at(path, level)
+                writes.append(ops.delete_op(at, prefix_end(at)))
+            reply = await self.kv_txn(ops.txn_request(compares, writes, []))
+            if reply.succeeded:
+                return
+
+    async def txn(
+        self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op]
+    ) -> TxnResult:
+        return await run_txn(self, compares, success, failure)
+
+    # -- watches ---------------------------------------------------------------
+
+    @asynccontextmanager
+    async def watch(
+        self, path: str, *, recursive: bool, start_revision: int | None
+    ) -> AsyncIterator[AsyncIterator[Event]]:
+        watch = EtcdWatch(self, path, recursive, start_revision)
+        try:
+            await watch.start()
+            yield watch
+        except grpc.aio.AioRpcError as exc:
+            raise map_error(exc) from exc
+        finally:
+            with anyio.CancelScope(shield=True):
+                await watch.stop()

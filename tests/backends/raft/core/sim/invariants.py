@@ -1,0 +1,121 @@
+"""Raft's safety properties, checked incrementally as the simulation runs.
+
+The cluster reports every persisted batch, every applied entry, every
+snapshot install, every leader and every restart; each report is checked at
+once, so a violation stops the run at the step that caused it.
+
+- Election safety: at most one leader per term.
+- Log matching: two logs with an entry of the same index and term hold the
+  same entry there, and agree on the term of the entry before it (which, by
+  induction, makes the whole prefixes identical).
+- Leader completeness: an entry committed in term T is in the log of every
+  leader of a later term. The checker knows an upper bound of T (the term of
+  the first node seen applying the entry) and checks leaders of later terms.
+- State machine safety: no two nodes apply different entries at one index.
+- Durability: a restarted node's disk agrees with every committed entry it
+  claims committed; committed entries are never lost (a later leader lacking
+  one violates leader completeness).
+"""
+
+from __future__ import annotations
+
+from coordkit.backends.raft.core import RaftCore
+from coordkit.backends.raft.core.messages import Entry, EntryType, Snapshot
+from coordkit.backends.raft.core.storage import MemoryStorage
+
+
+class SafetyViolation(AssertionError):
+    pass
+
+
+class SafetyChecker:
+    def __init__(self) -> None:
+        self.leaders: dict[int, str] = {}
+        # (index, term) -> (type, data, term of the previous entry or -1 if unknown)
+        self.seen: dict[tuple[int, int], tuple[EntryType, bytes, int]] = {}
+        self.committed: dict[int, Entry] = {}
+        # index -> a term no earlier than the one in which it was committed
+        self.commit_term: dict[int, int] = {}
+        self.violations = 0
+
+    def fail(self, what: str) -> None:
+        self.violations += 1
+        raise SafetyViolation(what)
+
+    def on_persist(self, node: str, core: RaftCore, entries: tuple[Entry, ...]) -> None:
+        if not entries:
+            return
+        prev_term = core.log.term(entries[0].index - 1)
+        prev = -1 if prev_term is None else prev_term
+        for e in entries:
+            key = (e.index, e.term)
+            value = (e.type, e.data, prev)
+            old = self.seen.get(key)
+            if old is None:
+                self.seen[key] = value
+            elif old[:2] != value[:2] or (old[2] != -1 and prev != -1 and old[2] != prev):
+                self.fail(
+                    f"log matching: {node} holds a different entry at index {e.index} "
+                    f"term {e.term} (or a different predecessor)"
+                )
+            prev = e.term
+
+    def on_leader(self, node: str, term: int, core: RaftCore) -> None:
+        holder = self.leaders.get(term)
+        if holder is None:
+            self.leaders[term] = node
+            for index, e in self.committed.items():
+                if self.commit_term[index] < term:
+                    self._check_has(node, core, index, e, term)
+        elif holder != node:
+            self.fail(f"election safety: {holder} and {node} both lead term {term}")
+
+    def _check_has(self, node: str, core: RaftCore, index: int, e: Entry, term: int) -> None:
+        if index < core.log.first_index():
+            return  # compacted into a snapshot that covers it
+        if core.log.term(index) != e.term:
+            self.fail(
+                f"leader completeness: {node}, leader of term {term}, lacks committed entry "
+                f"{index} (term {e.term}); its log has term {core.log.term(index)} there"
+            )
+
+    def on_apply(self, node: str, term: int, e: Entry, leaders: list[tuple[str, RaftCore]]) -> None:
+        """``node``, now in ``term``, applies ``e``."""
+        old = self.committed.get(e.index)
+        if old is None:
+            self.committed[e.index] = e
+            # The entry was committed in a term no later than the applying node's
+            # current term (it learned the commit from a leader of at most that
+            # term). Leaders of later terms, even elected before we got to know
+            # of the commit, must hold it.
+            self.commit_term[e.index] = term
+            for lead_id, core in leaders:
+                if core.term > term:
+                    self._check_has(lead_id, core, e.index, e, core.term)
+        elif old.term != e.term or old.data != e.data or old.type != e.type:
+            self.fail(
+                f"state machine safety: {node} applied term {e.term} at index {e.index}, "
+                f"another node applied term {old.term} there"
+            )
+
+    def on_snapshot(self, node: str, snap: Snapshot) -> None:
+        old = self.committed.get(snap.meta.index)
+        if old is not None and old.term != snap.meta.term:
+            self.fail(
+                f"state machine safety: {node} installed a snapshot at {snap.meta.index} "
+                f"term {snap.meta.term}, but term {old.term} was committed there"
+            )
+
+    def on_restart(self, node: str, disk: MemoryStorage) -> None:
+        commit = disk.hard_state.commit
+        for e in disk.all_entries():
+            if e.index > commit:
+                break
+            old = self.committed.get(e.index)
+            if old is not None and (old.term != e.term or old.data != e.data):
+                self.fail(
+                    f"durability: {node} restarted with entry {e.index} term {e.term} below its "
+                    f"commit index {commit}, but term {old.term} was committed there"
+                )
+        if commit > disk.last_index() and commit > disk.snapshot().meta.index:
+            self.fail(f"durability: {node}'s commit index {commit} is past its durable log")

@@ -1,0 +1,178 @@
+"""The checkers themselves: they must reject what is wrong, not only accept what is right."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sim.invariants import SafetyChecker, SafetyViolation
+from sim.linearizability import Operation, check_history, check_key
+from sim.schedule import run_schedule
+
+from coordkit.backends.raft.core.messages import Entry
+
+INF = float("inf")
+
+
+def put(value: str, call: float, ret: float = INF) -> Operation:
+    return Operation("k", "put", value, call, ret, "ok" if ret != INF else None, ret != INF)
+
+
+def get(result: str | None, call: float, ret: float) -> Operation:
+    return Operation("k", "get", None, call, ret, result, True)
+
+
+def cas(
+    expected: str | None, new: str, result: str | None, call: float, ret: float = INF
+) -> Operation:
+    return Operation("k", "cas", (expected, new), call, ret, result, ret != INF)
+
+
+# -- linearizability: known histories -------------------------------------------------------
+
+
+def test_accepts_a_sequential_history() -> None:
+    assert check_key([put("a", 1, 2), get("a", 3, 4), cas("a", "b", "ok", 5, 6), get("b", 7, 8)])
+
+
+def test_accepts_overlapping_operations_in_either_order() -> None:
+    # The read overlaps the write: it may see the old or the new value.
+    assert check_key([put("a", 1, 2), put("b", 3, 6), get("a", 4, 5)])
+    assert check_key([put("a", 1, 2), put("b", 3, 6), get("b", 4, 5)])
+
+
+def test_rejects_a_stale_read() -> None:
+    # The write of "b" finished before the read started: reading "a" is stale.
+    assert not check_key([put("a", 1, 2), put("b", 3, 4), get("a", 5, 6)])
+
+
+def test_rejects_a_read_of_a_value_never_written() -> None:
+    assert not check_key([put("a", 1, 2), get("z", 3, 4)])
+
+
+def test_rejects_a_lost_acknowledged_write() -> None:
+    assert not check_key([put("a", 1, 2), get(None, 3, 4)])
+
+
+def test_rejects_a_cas_that_succeeded_against_the_wrong_value() -> None:
+    assert not check_key([put("a", 1, 2), cas("x", "b", "ok", 3, 4)])
+    assert not check_key([put("a", 1, 2), cas("a", "b", "fail", 3, 4)])
+
+
+def test_rejects_values_flipping_back() -> None:
+    # Two reads after both writes completed disagree about the final value.
+    ops = [put("a", 1, 4), put("b", 2, 3), get("a", 5, 6), get("b", 7, 8)]
+    assert not check_key(ops)
+
+
+def test_an_operation_with_unknown_outcome_may_or_may_not_take_effect() -> None:
+    assert check_key([put("a", 1, 2), put("b", 3), get("a", 4, 5)])
+    assert check_key([put("a", 1, 2), put("b", 3), get("b", 4, 5)])
+    # ...but it cannot take effect before it was invoked.
+    assert not check_key([put("a", 1, 2), get("b", 3, 4), put("b", 5)])
+    # An unknown CAS may also have failed.
+    assert check_key([put("a", 1, 2), cas("z", "b", None, 3), get("a", 4, 5)])
+
+
+def test_keys_are_checked_independently() -> None:
+    ops = [put("a", 1, 2), Operation("j", "get", None, 3, 4, "a", True)]
+    assert check_history(ops) == ["j"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["put", "get", "cas"]), st.integers(0, 3)), max_size=30))
+def test_any_sequential_run_of_a_real_register_is_accepted(steps: list[tuple[str, int]]) -> None:
+    state: str | None = None
+    ops: list[Operation] = []
+    for t, (kind, v) in enumerate(steps):
+        value = f"v{v}"
+        if kind == "put":
+            ops.append(put(value, 2 * t, 2 * t + 1))
+            state = value
+        elif kind == "get":
+            ops.append(get(state, 2 * t, 2 * t + 1))
+        else:
+            ok = state == value
+            ops.append(cas(value, f"w{t}", "ok" if ok else "fail", 2 * t, 2 * t + 1))
+            state = f"w{t}" if ok else state
+    assert check_key(ops)
+    # Corrupt the last read to a value nobody wrote: no longer linearizable.
+    reads = [op for op in ops if op.kind == "get"]
+    if reads:
+        reads[-1].result = "never-written"
+        assert not check_key(ops)
+
+
+# -- safety checker -------------------------------------------------------------------------
+
+
+def test_safety_checker_rejects_two_leaders_in_one_term() -> None:
+    checker = SafetyChecker()
+    checker.leaders[3] = "n1"
+    with pytest.raises(SafetyViolation, match="election safety"):
+        checker.on_leader("n2", 3, core=None)  # type: ignore[arg-type]
+
+
+def test_safety_checker_rejects_different_entries_applied_at_one_index() -> None:
+    checker = SafetyChecker()
+    checker.on_apply("n1", 1, Entry(1, 5, data=b"a"), [])
+    checker.on_apply("n2", 1, Entry(1, 5, data=b"a"), [])
+    with pytest.raises(SafetyViolation, match="state machine safety"):
+        checker.on_apply("n3", 2, Entry(2, 5, data=b"b"), [])
+
+
+class _StubLog:
+    def __init__(self, terms: dict[int, int]) -> None:
+        self.terms = terms
+
+    def first_index(self) -> int:
+        return 1
+
+    def term(self, index: int) -> int | None:
+        return self.terms.get(index)
+
+
+class _StubCore:
+    def __init__(self, term: int, terms: dict[int, int]) -> None:
+        self.term = term
+        self.log = _StubLog(terms)
+
+
+def test_leader_completeness_applies_to_later_terms_only() -> None:
+    checker = SafetyChecker()
+    stale = _StubCore(4, {1: 1})  # a leader of term 4, cut off, elected long ago
+    later = _StubCore(7, {1: 1})  # a leader of term 7 that lacks the entry
+    # n3, in term 5, applies entry 1 of term 2: committed in term 5 at the latest.
+    checker.on_apply("n3", 5, Entry(2, 1), [("n5", stale)])  # type: ignore[list-item]
+    with pytest.raises(SafetyViolation, match="leader completeness"):
+        checker.on_leader("n1", 7, later)  # type: ignore[arg-type]
+
+
+# -- determinism ------------------------------------------------------------------------------
+
+
+def test_a_seed_replays_exactly_in_process() -> None:
+    assert run_schedule(11).fingerprint == run_schedule(11).fingerprint
+    assert run_schedule(11).fingerprint != run_schedule(12).fingerprint
+
+
+def test_a_seed_replays_exactly_across_processes_and_hash_seeds() -> None:
+    """String hashing differs per process: nothing may depend on set iteration order."""
+    here = Path(__file__).resolve().parent
+    code = (
+        f"import sys; sys.path.insert(0, {str(here)!r}); "
+        "from sim.schedule import run_schedule; print(run_schedule(7).fingerprint)"
+    )
+    outs = set()
+    for hash_seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=hash_seed)
+        proc = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        outs.add(proc.stdout.strip())
+    assert outs == {run_schedule(7).fingerprint}
