@@ -22,6 +22,7 @@ import anyio
 from . import connect
 from .client import Client
 from .errors import ConfigurationError, CoordkitError, InvalidArgumentError
+from .plugins import cli_commands
 
 __all__ = ["main"]
 
@@ -91,6 +92,10 @@ def _parser() -> argparse.ArgumentParser:
     elect.add_argument("--listen", action="store_true", help="print each leader, do not campaign")
     elect.add_argument("--count", type=int, help="with --listen: stop after this many leaders")
     elect.add_argument("--timeout", type=float, help="give up campaigning after this many seconds")
+    for name, plugin_command in cli_commands().items():
+        if name in sub.choices:
+            continue  # a plugin cannot replace a built-in command
+        plugin_command.configure(command(name, help=plugin_command.help))
     return parser
 
 
@@ -103,9 +108,58 @@ async def _status(client: Client, args: argparse.Namespace) -> int:
         print(f"leader:   {status.leader}")
     if status.members:
         print(f"members:  {', '.join(status.members)}")
-    for key, value in sorted(status.details.items()):
+    details = dict(status.details)
+    nodes = details.pop("nodes", None)
+    for key, value in sorted(details.items()):
         print(f"{key}: {value}")
+    if isinstance(nodes, list) and nodes:
+        print(_node_table(nodes))
     return 0
+
+
+def _node_table(nodes: list[dict[str, Any]]) -> str:
+    """One row per member: role, term, commit, applied, lag behind the leader, last contact."""
+    leader_commit = max((int(n.get("commit", 0)) for n in nodes if "error" not in n), default=0)
+    header = ("node", "address", "role", "term", "commit", "applied", "lag", "last contact")
+    rows = [header]
+    for node in nodes:
+        if "error" in node:
+            rows.append(
+                (
+                    str(node.get("node")),
+                    str(node.get("address", "")),
+                    "unreachable",
+                    "",
+                    "",
+                    "",
+                    "",
+                    str(node["error"]),
+                )
+            )
+            continue
+        lag = leader_commit - int(node.get("applied", 0))
+        contact = (
+            "-"
+            if node.get("role") == "leader"
+            else f"{float(node.get('last_contact', 0)):.2f} s ago"
+        )
+        rows.append(
+            (
+                str(node.get("node")),
+                str(node.get("address", "")),
+                str(node.get("role")),
+                str(node.get("term")),
+                str(node.get("commit")),
+                str(node.get("applied")),
+                str(lag),
+                contact,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
 
 
 async def _get(client: Client, args: argparse.Namespace) -> int:
@@ -272,6 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from . import demo
 
             return demo.main(args.url, args.duration)
+        plugin_command = cli_commands().get(args.command)
+        if plugin_command is not None and args.command not in _COMMANDS:
+            return plugin_command.run(args)
         code: Any = anyio.run(_run, args)
         return int(code)
     except ConfigurationError as exc:

@@ -13,6 +13,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from .backend import Backend, BackendFactory
+    from .commands import CliCommand
 
 hookspec = pluggy.HookspecMarker("coordkit")
 hookimpl = pluggy.HookimplMarker("coordkit")
@@ -39,4 +40,13 @@ def coordkit_native_recipe(backend: Backend, name: str) -> type[Any] | None:
 
     For example the etcd backend supplies a Lock laid out as ``etcdctl lock``
     expects. The class is constructed with the same arguments as the generic recipe.
+    """
+
+
+@hookspec
+def coordkit_commands() -> list[CliCommand]:  # type: ignore[empty-body]
+    """Return the ``coordkit`` subcommands this plugin adds (:class:`coordkit.commands.CliCommand`).
+
+    The Raft backend adds ``serve``, ``cluster``, ``member`` and ``snapshot``
+    this way; a later plugin cannot replace a command already registered.
     """

@@ -11,9 +11,11 @@ from . import hookspecs
 
 if TYPE_CHECKING:
     from .backend import Backend, BackendFactory
+    from .commands import CliCommand
 
 __all__ = [
     "backend_factories",
+    "cli_commands",
     "get_plugin_manager",
     "native_recipe",
     "recipe_classes",
@@ -68,3 +70,12 @@ def native_recipe(backend: Backend, name: str) -> type[Any] | None:
         backend=backend, name=name
     )
     return result
+
+
+def cli_commands() -> dict[str, CliCommand]:
+    """Every subcommand added by a plugin, ``{name: command}``, in load order."""
+    merged: dict[str, CliCommand] = {}
+    for commands in reversed(get_plugin_manager().hook.coordkit_commands()):
+        for command in commands:
+            merged.setdefault(command.name, command)
+    return merged

@@ -1,0 +1,200 @@
+"""Finding the leader of a Raft cluster from a list of endpoints (dissertation §6.2).
+
+Any node accepts a client and says who leads; the dialer goes there. It tries
+the last known leader first, then every endpoint in turn, with the shared
+retry policy between rounds, until the connect timeout; then it fails with
+one error naming every endpoint tried and why each failed (refused, timed
+out, name not resolved, TLS failure, no leader elected).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from coordkit.errors import ConnectionLostError
+from coordkit.retry import RetryPolicy
+
+from ..protocol import PROTOCOL_VERSION
+from ..protocol import Op as RequestOp
+from ..wire import FrameError, FrameStream, HandshakeRefused, connect_frames
+
+__all__ = ["Dialer", "Endpoint"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, text: str) -> Endpoint:
+        host, _, port = text.rpartition(":")
+        return cls(host.strip("[]"), int(port))
+
+
+class _NoLeaderYet(Exception):
+    """Every reachable node says no leader is known (an election is under way)."""
+
+
+class Dialer:
+    def __init__(
+        self,
+        endpoints: list[Endpoint],
+        *,
+        ssl_context: ssl.SSLContext | None,
+        connect_timeout: float,
+        retry: RetryPolicy,
+    ) -> None:
+        self.endpoints = endpoints
+        self._ssl = ssl_context
+        self._timeout = connect_timeout
+        self._retry = retry
+        self._leader: Endpoint | None = None
+
+    def hint_leader(self, address: object) -> None:
+        if isinstance(address, str) and address:
+            try:
+                self._leader = Endpoint.parse(address)
+            except ValueError:
+                log.debug("ignoring a malformed leader address %r", address)
+
+    def forget_leader(self, address: str) -> None:
+        if self._leader is not None and str(self._leader) == address:
+            self._leader = None
+
+    async def connect_leader(self) -> tuple[FrameStream, str, str]:
+        """A greeted connection to the current leader: ``(stream, node name, address)``.
+
+        Raises :class:`ConnectionLostError` naming every endpoint and its cause
+        if no leader is reachable within the connect timeout.
+        """
+        causes: dict[str, str] = {}
+        try:
+            with anyio.fail_after(self._timeout):
+                return await self._retry.call(
+                    lambda: self._one_round(causes),
+                    retry_on=(ConnectionLostError, _NoLeaderYet),
+                    what="find the raft leader",
+                    logger=log,
+                )
+        except TimeoutError:
+            pass
+        except (ConnectionLostError, _NoLeaderYet):
+            pass
+        tried = "; ".join(f"{addr} ({cause})" for addr, cause in causes.items())
+        raise ConnectionLostError(
+            f"cannot reach the leader of the raft cluster within {self._timeout} s: "
+            f"tried {tried or ', '.join(map(str, self.endpoints))}"
+        )
+
+    async def _one_round(self, causes: dict[str, str]) -> tuple[FrameStream, str, str]:
+        order = list(self.endpoints)
+        if self._leader is not None:
+            order = [self._leader, *[e for e in order if e != self._leader]]
+        seen: set[Endpoint] = set()
+        queue = list(order)
+        no_leader = False
+        while queue:
+            endpoint = queue.pop(0)
+            if endpoint in seen:
+                continue
+            seen.add(endpoint)
+            try:
+                stream = await connect_frames(
+                    endpoint.host,
+                    endpoint.port,
+                    hello={"role": "client", "v": PROTOCOL_VERSION},
+                    ssl_context=self._ssl,
+                    timeout=min(self._timeout, 2.0),
+                )
+            except (OSError, TimeoutError, FrameError, HandshakeRefused, ssl.SSLError) as exc:
+                causes[str(endpoint)] = describe_connect_error(exc)
+                continue
+            try:
+                with anyio.fail_after(min(self._timeout, 2.0)):
+                    await stream.send({"t": "q", "i": 0, "op": RequestOp.STATUS}, b"")
+                    header, _ = await stream.receive()
+            except (OSError, TimeoutError, FrameError, anyio.EndOfStream) as exc:
+                causes[str(endpoint)] = describe_connect_error(exc)
+                await _close(stream)
+                continue
+            info = header.get("status", {})
+            node = str(info.get("node", endpoint))
+            if info.get("role") == "leader":
+                causes.pop(str(endpoint), None)
+                self._leader = endpoint
+                return stream, node, str(endpoint)
+            await _close(stream)
+            hint = info.get("leader_addr")
+            if isinstance(hint, str) and hint:
+                leader = Endpoint.parse(hint)
+                causes[str(endpoint)] = f"{node} is a follower of {info.get('leader')}"
+                queue.insert(0, leader)
+            else:
+                no_leader = True
+                causes[str(endpoint)] = f"{node} knows no leader (election under way?)"
+        if no_leader:
+            raise _NoLeaderYet("no leader elected yet")
+        raise ConnectionLostError("no endpoint reachable")
+
+
+    async def status_of(self, endpoint: Endpoint) -> dict[str, Any]:
+        """What one node says of itself (its ``status``), over a connection of its own."""
+        try:
+            stream = await connect_frames(
+                endpoint.host,
+                endpoint.port,
+                hello={"role": "client", "v": PROTOCOL_VERSION},
+                ssl_context=self._ssl,
+                timeout=min(self._timeout, 2.0),
+            )
+        except (OSError, TimeoutError, FrameError, HandshakeRefused, ssl.SSLError) as exc:
+            raise ConnectionLostError(f"{endpoint}: {describe_connect_error(exc)}") from exc
+        try:
+            with anyio.fail_after(min(self._timeout, 2.0)):
+                await stream.send({"t": "q", "i": 0, "op": RequestOp.STATUS}, b"")
+                header, _ = await stream.receive()
+        except (OSError, TimeoutError, FrameError, anyio.EndOfStream) as exc:
+            raise ConnectionLostError(f"{endpoint}: {describe_connect_error(exc)}") from exc
+        finally:
+            await _close(stream)
+        status: dict[str, Any] = header.get("status", {})
+        return status
+
+
+async def _close(stream: FrameStream) -> None:
+    with anyio.CancelScope(shield=True):
+        await stream.aclose()
+
+
+def describe_connect_error(exc: BaseException) -> str:
+    """A short cause: refused, timed out, name not resolved, TLS failure, ..."""
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failure: {exc.reason or exc}"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, socket.gaierror):
+        return "name not resolved"
+    if isinstance(exc, HandshakeRefused):
+        return f"refused the handshake: {exc}"
+    if isinstance(exc, ConnectionRefusedError) or getattr(exc, "errno", None) == errno.ECONNREFUSED:
+        return "connection refused"
+    if isinstance(exc, OSError) and exc.__class__.__name__ == "OSError" and exc.args:
+        # anyio groups the errors of every address it tried into one OSError.
+        text = str(exc)
+        if "refused" in text.lower():
+            return "connection refused"
+        return text
+    return f"{type(exc).__name__}: {exc}"
