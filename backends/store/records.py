@@ -15,11 +15,12 @@ import struct
 
 from coordkit.model import Node
 
-__all__ = ["META_SIZE", "Record", "create_revision", "pack", "to_node", "unpack"]
+__all__ = ["META", "META_SIZE", "Record", "create_revision", "pack", "to_node", "unpack"]
 
 Record = bytes
 
-_META = struct.Struct("<QQQQ")
+#: create revision, mod revision, version, owner (0: none).
+META = _META = struct.Struct("<QQQQ")
 META_SIZE = _META.size
 
 #: The root: it always exists, was never created and has no owner.

@@ -31,6 +31,7 @@ children (the root first), one END.
 from __future__ import annotations
 
 import math
+import re
 import struct
 import weakref
 import zlib
@@ -39,7 +40,7 @@ from typing import Generic, TypeVar
 
 from coordkit.errors import CoordkitError, InvalidArgumentError
 from coordkit.model import Event, EventType
-from coordkit.paths import check_path, parent
+from coordkit.paths import MAX_PATH_BYTES
 
 from . import records
 from .results import decode_result, read_node, write_node
@@ -61,7 +62,10 @@ _EVENTS_BY_TAG = {tag: kind for kind, tag in _EVENT_TAGS.items()}
 _PRELUDE = MAGIC + struct.pack("<H", SNAPSHOT_FORMAT)
 _FRAME = struct.Struct("<IB")  # length (type byte + payload), type
 _NODE_HEAD = struct.Struct("<IBI")  # length, NODE, path length
+_U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
+#: what a path segment may not hold (the rest of the path rules hold by construction).
+_BAD_SEGMENT = re.compile(r"[\x00-\x1f\x7f/]")
 _END = struct.Struct("<QQQQI")
 
 
@@ -270,6 +274,7 @@ class SnapshotLoader(Generic[S]):
             pos = len(_PRELUDE)
             self._phase = -1  # the prelude is read, no frame yet
         view = memoryview(buf)
+        checked = pos  # the CRC covers buf[:checked] already
         try:
             while len(buf) - pos >= _FRAME.size:
                 if self._ended:
@@ -280,17 +285,23 @@ class SnapshotLoader(Generic[S]):
                 end = pos + 4 + length
                 if end > len(buf):
                     break
-                if kind != END:
-                    self._crc = zlib.crc32(view[pos:end], self._crc)
-                self._frame(kind, bytes(view[pos + _FRAME.size : end]))
+                if kind == NODE and self._phase == NODE:  # the bulk of a snapshot: no detour
+                    self._node(view, pos + _FRAME.size, end)
+                else:
+                    if kind == END:
+                        self._crc = zlib.crc32(view[checked:pos], self._crc)
+                        checked = end
+                    self._frame(kind, view, pos + _FRAME.size, end)
                 pos = end
             if self._ended and pos < len(buf):
                 raise InvalidArgumentError("data after the end frame")
+            if not self._ended:
+                self._crc = zlib.crc32(view[checked:pos], self._crc)
         finally:
             view.release()
         del buf[:pos]
 
-    def _frame(self, kind: int, payload: bytes) -> None:
+    def _frame(self, kind: int, view: memoryview, start: int, end: int) -> None:
         rank = _RANK.get(kind)
         if rank is None:
             raise InvalidArgumentError(f"unknown frame type {kind}")
@@ -300,8 +311,9 @@ class SnapshotLoader(Generic[S]):
             raise InvalidArgumentError("frames out of order")
         if kind == RESULT and self._phase not in (SESSION, RESULT):
             raise InvalidArgumentError("a result frame outside a session")
+        payload = b"" if kind == NODE else bytes(view[start:end])
         if kind == NODE:
-            self._node(payload)
+            self._node(view, start, end)
         elif kind == HEADER:
             self._header(Reader(payload, "snapshot header"))
         elif kind == SESSION:
@@ -371,40 +383,46 @@ class SnapshotLoader(Generic[S]):
         state._history.append(Event(kind, path, node, revision))
         self._counts[3] += 1
 
-    def _node(self, payload: bytes) -> None:
+    def _node(self, view: memoryview, start: int, end: int) -> None:
         state = self._checked_state()
-        size = struct.unpack_from("<I", payload)[0]
-        start = 4 + size
-        if len(payload) < start + 8 + records.META_SIZE:
+        size = _U32.unpack_from(view, start)[0]
+        at = start + 4 + size  # the next sequence number, then the record
+        if end - at < 8 + records.META_SIZE:
             raise InvalidArgumentError("a node frame is too short")
-        path = payload[4:start].decode("utf-8")
-        seq = _U64.unpack_from(payload, start)[0]
-        rec = payload[start + 8 :]
-        crev, mrev, _, owner = records.unpack(rec)
+        path = str(view[start + 4 : at], "utf-8")
+        seq = _U64.unpack_from(view, at)[0]
+        crev, mrev, _, owner = records.META.unpack_from(view, at + 8)
         nodes = state._nodes
         if path in nodes:
             raise InvalidArgumentError(f"node {path!r} repeated")
-        if not nodes:
-            if path != "/" or crev != 0 or owner is not None:
-                raise InvalidArgumentError("the first node is not the root")
-        else:
-            check_path(path)
-            parent_path = parent(path)
-            parent_rec = nodes.get(parent_path)
-            if parent_rec is None or records.unpack(parent_rec)[3] is not None:
-                raise InvalidArgumentError(f"node {path!r} comes without a parent that can have it")
+        if nodes:
+            # The parent exists (so it is a valid path): check only the last segment.
+            head, slash, name = path.rpartition("/")
+            parent_path = head or "/"
+            if (
+                not slash
+                or head == "/"
+                or parent_path not in nodes
+                or not name
+                or name in (".", "..")
+                or _BAD_SEGMENT.search(name)
+                or size > MAX_PATH_BYTES
+            ):
+                raise InvalidArgumentError(f"node {path!r} is not a valid child of a known node")
             if not 1 <= crev <= mrev <= state.revision:
                 raise InvalidArgumentError(f"node {path!r} has impossible revisions")
             siblings = state._children.get(parent_path)
             if siblings is None:
                 siblings = state._children[parent_path] = set()
             siblings.add(path)
-        if owner is not None:
+        elif path != "/" or crev != 0 or owner:
+            raise InvalidArgumentError("the first node is not the root")
+        if owner:
             sess = state._sessions.get(owner)
             if sess is None:
                 raise InvalidArgumentError(f"node {path!r} belongs to no session")
             sess.ephemerals.add(path)
-        nodes[path] = rec
+        nodes[path] = bytes(view[at + 8 : end])
         if seq:
             state._next_seq[path] = seq
         self._counts[0] += 1
@@ -417,6 +435,10 @@ class SnapshotLoader(Generic[S]):
             raise InvalidArgumentError("checksum mismatch")
         if counts != self._counts or not self._counts[0]:
             raise InvalidArgumentError(f"counts {counts} announced, {self._counts} read")
+        state = self._checked_state()
+        for sess in state._sessions.values():
+            if any(path in state._children for path in sess.ephemerals):
+                raise InvalidArgumentError("an ephemeral node has children")
         self._ended = True
 
     def _checked_state(self) -> S:

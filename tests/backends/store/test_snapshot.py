@@ -34,6 +34,7 @@ from coordkit.backends.store import (
     encode_result,
 )
 from coordkit.errors import CoordkitError, InvalidArgumentError, NoNodeError
+from coordkit.paths import check_path
 from coordkit.txn import Compare, CreateOp, DeleteOp, SetOp
 
 PATHS = ["/a", "/b", "/a/x", "/a/y", "/b/x", "/a/x/z"]
@@ -285,10 +286,11 @@ def refused_or_coherent(data: bytes) -> None:
     except InvalidArgumentError as exc:
         assert "corrupt store snapshot" in str(exc)
         return
-    # It snapshots and reloads identically, every node's parent exists and may have
-    # children, and every ephemeral belongs to a live session that lists it.
+    # It snapshots and reloads identically, every path is valid, every node's parent
+    # exists and may have children, and every ephemeral belongs to a session that lists it.
     assert dump(Store.restore(store.snapshot())) == dump(store)
     for p in store.paths():
+        check_path(p)
         node = store.get(p)
         assert node is not None
         if p != "/":
