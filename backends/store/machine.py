@@ -45,7 +45,7 @@ from coordkit.paths import (
     check_value,
     parent,
 )
-from coordkit.txn import CreateOp, DeleteOp, GetOp, SetOp, TxnResult
+from coordkit.txn import CreateOp, DeleteOp, GetOp, SetOp, TxnResult, check_txn
 
 from . import records
 from .codec import decode_command
@@ -345,7 +345,8 @@ class Store(StoreState):
                 del self._next_seq[parent_path]
 
         self._undo.append(undo)
-        return f"{path}{seq:0{SEQUENCE_DIGITS}d}"
+        # The suffix can take a path past the length limit (a snapshot would refuse it).
+        return check_path(f"{path}{seq:0{SEQUENCE_DIGITS}d}")
 
     def _set(self, rev: int, path: str, value: bytes, version: int | None) -> Node:
         check_path(path)
@@ -413,9 +414,14 @@ class Store(StoreState):
     # -- transactions ----------------------------------------------------------
 
     def _txn(self, cmd: Txn) -> TxnResult:
+        # The client's own checks, again: a compare of an int with bytes must be
+        # refused here, not raise a TypeError in every replica's apply loop.
+        check_txn(cmd.compares, cmd.success, cmd.failure, self._max_value_bytes)
         succeeded = all(c.holds(self.get(c.path)) for c in cmd.compares)
         ops = cmd.success if succeeded else cmd.failure
         if any(isinstance(op, CreateOp) and op.ephemeral for op in ops):
+            if cmd.session_id is None:
+                raise InvalidArgumentError("an ephemeral create in a txn needs its session_id")
             self._check_session(cmd.session_id)
 
         def run(rev: int) -> tuple[Node | None, ...]:

@@ -60,41 +60,46 @@ from coordkit.txn import (
 U64 = st.integers(0, 2**64 - 1)
 I64 = st.integers(-(2**63), 2**63 - 1)
 TEXT = st.text(max_size=12)
+#: paths: valid ones that exist in test_apply_input's store, or any text at all.
+PATHS = st.sampled_from(["/", "/a", "/a/b", "/c", "/a/q-"]) | TEXT
 BLOBS = st.binary(max_size=40)
 
 compares = st.builds(
     Compare,
-    TEXT,
+    PATHS,
     st.sampled_from(CompareTarget),
     st.sampled_from(CompareOp),
     st.booleans() | I64 | BLOBS,
 )
 ops = st.one_of(
-    st.builds(CreateOp, TEXT, BLOBS, st.booleans(), st.booleans()),
-    st.builds(SetOp, TEXT, BLOBS, st.none() | I64),
-    st.builds(DeleteOp, TEXT, st.none() | I64),
-    st.builds(GetOp, TEXT),
+    st.builds(CreateOp, PATHS, BLOBS, st.booleans(), st.booleans()),
+    st.builds(SetOp, PATHS, BLOBS, st.none() | I64),
+    st.builds(DeleteOp, PATHS, st.none() | I64),
+    st.builds(GetOp, PATHS),
 )
+SESSIONS = st.integers(0, 3) | U64
 request_commands = st.one_of(
-    st.builds(Create, TEXT, BLOBS, st.none() | U64, st.booleans(), st.booleans()),
-    st.builds(Set, TEXT, BLOBS, st.none() | I64),
-    st.builds(Delete, TEXT, st.none() | I64, st.booleans()),
+    st.builds(Create, PATHS, BLOBS, st.none() | SESSIONS, st.booleans(), st.booleans()),
+    st.builds(Set, PATHS, BLOBS, st.none() | I64),
+    st.builds(Delete, PATHS, st.none() | I64, st.booleans()),
     st.builds(
         Txn,
         st.tuples(*[compares] * 2) | st.just(()),
         st.lists(ops, max_size=3).map(tuple),
         st.lists(ops, max_size=3).map(tuple),
-        st.none() | U64,
+        st.none() | SESSIONS,
     ),
-    st.builds(CloseSession, U64),
+    st.builds(CloseSession, SESSIONS),
 )
 commands: st.SearchStrategy[Command] = st.one_of(
     request_commands,
     st.builds(OpenSession, st.floats(allow_nan=False)),
-    st.builds(ExpireSession, U64),
+    st.builds(ExpireSession, SESSIONS),
     st.builds(Compact, I64),
     st.builds(Configure, st.none() | U64, st.none() | U64, st.none() | U64),
-    st.builds(ClientRequest, U64, U64, U64, request_commands),
+    st.builds(
+        ClientRequest, SESSIONS, st.integers(0, 3) | U64, st.integers(0, 3) | U64, request_commands
+    ),
 )
 
 nodes = st.builds(Node, TEXT, BLOBS, U64, U64, U64, st.none() | st.integers(1, 2**64 - 1), U64)
@@ -338,3 +343,32 @@ def test_a_garbage_log_entry_is_answered_with_an_error_and_changes_nothing(data:
         except CoordkitError as exc:
             expected = encode_result(exc)
         assert store.apply_entry(data) == expected
+
+
+# -- apply answers every command ----------------------------------------------------
+
+
+def populated() -> Store:
+    store = Store()
+    sid = store.apply(OpenSession(1.0))
+    store.apply(Create("/a/b", b"x", make_parents=True))
+    store.apply(Create("/a/q-", b"", sid, sequential=True))
+    return store
+
+
+@given(commands)
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_any_command_is_answered_and_a_refused_one_changes_nothing(command: Command) -> None:
+    """Whatever the fields hold, ``apply_entry`` answers with a result or an encoded error."""
+    store = populated()
+    before = store.snapshot()
+    reply = store.apply_entry(encode_command(command))
+    outcome = decode_result(reply)
+    if isinstance(outcome, CoordkitError) and not isinstance(command, ClientRequest):
+        assert store.snapshot() == before
+    # apply() agrees with apply_entry() on a fresh copy
+    twin = Store.restore(before)
+    try:
+        assert twin.apply(command) == outcome
+    except CoordkitError as exc:
+        assert type(exc) is type(outcome) and str(exc) == str(outcome)
