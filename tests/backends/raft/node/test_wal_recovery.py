@@ -28,7 +28,7 @@ from coordkit.backends.raft.node.wal_format import RECORD_HEADER_SIZE, decode_se
 
 pytestmark = pytest.mark.anyio
 
-WAL_LOGGER = "coordkit.backends.raft.node.wal"
+WAL_LOGGER = "coordkit.backends.raft.node.wal_segments"
 
 
 def segments(root: Path) -> list[Path]:
