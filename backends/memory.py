@@ -240,7 +240,7 @@ class MemoryBackend(Backend):
 
     def _start_session(self) -> None:
         ttl = self.options.session_ttl
-        session_id = self._shared.apply(OpenSession(ttl, time.monotonic()))
+        session_id = self._shared.apply(OpenSession(ttl))
         self._session = Session(session_id, ttl)
         self._shared.owners[session_id] = self._session_ended
 

@@ -1,39 +1,42 @@
-"""The commands of the store: plain, immutable data, and their wire encoding.
+"""The commands of the store: plain, immutable data, each with a stable type tag.
 
 A command is what a Raft log entry carries; :meth:`Store.apply` is a pure
-function of the store and the command.
+function of the store and the command. No command carries a time: the Raft
+leader (or the memory backend) keeps session deadlines on its own clock and
+proposes :class:`ExpireSession` when one runs out.
+
+:data:`COMMAND_TAGS` gives every command its number on the wire. A number is
+never reused or renumbered, so an old log entry always decodes to what it
+meant; a removed command's number stays retired.
 """
 
 from __future__ import annotations
 
-import base64
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
-import orjson
-
-from coordkit.errors import InvalidArgumentError
-from coordkit.txn import Compare, CompareOp, CompareTarget, CreateOp, DeleteOp, GetOp, Op, SetOp
+from coordkit.txn import Compare, Op
 
 __all__ = [
+    "COMMAND_TAGS",
+    "ClientRequest",
     "CloseSession",
     "Command",
     "Compact",
+    "Configure",
     "Create",
     "Delete",
     "ExpireSession",
-    "ExpireSessions",
-    "KeepAlive",
     "OpenSession",
+    "RequestCommand",
     "Set",
     "Txn",
-    "decode_command",
-    "encode_command",
 ]
 
 
 @dataclass(frozen=True, slots=True)
 class Create:
+    """Create a node; result: the created :class:`~coordkit.Node`."""
+
     path: str
     value: bytes = b""
     session_id: int | None = None  # set: the node is ephemeral, owned by this session
@@ -43,6 +46,8 @@ class Create:
 
 @dataclass(frozen=True, slots=True)
 class Set:
+    """Set a node's value (only at ``version`` if given); result: the new Node."""
+
     path: str
     value: bytes
     version: int | None = None
@@ -50,6 +55,8 @@ class Set:
 
 @dataclass(frozen=True, slots=True)
 class Delete:
+    """Delete a node (its subtree too if ``recursive``); result: None."""
+
     path: str
     version: int | None = None
     recursive: bool = False
@@ -57,6 +64,8 @@ class Delete:
 
 @dataclass(frozen=True, slots=True)
 class Txn:
+    """Compares, then the success or the failure ops, atomically; result: a TxnResult."""
+
     compares: tuple[Compare, ...] = ()
     success: tuple[Op, ...] = ()
     failure: tuple[Op, ...] = ()
@@ -65,42 +74,76 @@ class Txn:
 
 @dataclass(frozen=True, slots=True)
 class OpenSession:
+    """Open a session with this TTL (seconds, finite, > 0); result: its id.
+
+    The store only records the TTL; whoever proposes commands keeps the
+    deadline (the Raft leader reads every session's TTL from the store when
+    it takes office). A retried OpenSession opens a second session, which
+    nobody keeps alive and which therefore expires after its TTL.
+    """
+
     ttl: float
-    now: float
-
-
-@dataclass(frozen=True, slots=True)
-class KeepAlive:
-    session_id: int
-    now: float
 
 
 @dataclass(frozen=True, slots=True)
 class CloseSession:
-    """End a session at the client's request: its ephemeral nodes go in one revision."""
+    """End a session at the client's request: its ephemeral nodes go in one revision.
+
+    Result: the removed paths (sorted). Closing an unknown session changes nothing.
+    """
 
     session_id: int
 
 
 @dataclass(frozen=True, slots=True)
 class ExpireSession:
-    """End one session as if its TTL ran out (fault injection; same effect as Close)."""
+    """End a session whose TTL ran out (decided by the leader); same effect as Close."""
 
     session_id: int
 
 
 @dataclass(frozen=True, slots=True)
-class ExpireSessions:
-    """Expire every session whose deadline is <= ``now``; result: their ids."""
+class Compact:
+    """Forget watch history below ``revision``; result: the oldest revision kept."""
 
-    now: float
+    revision: int
 
 
 @dataclass(frozen=True, slots=True)
-class Compact:
-    """Forget watch history below ``revision``."""
+class Configure:
+    """Change the store's limits (None: leave as is); result: None.
 
-    revision: int
+    ``max_history`` bounds the watch history by event count (lowering it
+    forgets the oldest events at once); ``max_session_results`` bounds each
+    session's table of unacknowledged results (see :class:`ClientRequest`);
+    ``max_value_bytes`` bounds the values of later writes. Replicated, so
+    every replica uses the same limits.
+    """
+
+    max_history: int | None = None
+    max_session_results: int | None = None
+    max_value_bytes: int | None = None
+
+
+RequestCommand = Create | Set | Delete | Txn | CloseSession
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRequest:
+    """A client's command, applied at most once (Raft dissertation §6.3).
+
+    ``seq`` numbers the session's requests; ``lowest_unacked`` is the lowest
+    ``seq`` whose reply the client has not yet received: every result below
+    it can be forgotten. :meth:`Store.apply` returns the recorded result (or
+    raises the recorded error) of a ``seq`` it has seen, without applying the
+    command again. ``command`` is one of :data:`RequestCommand`; its
+    ephemeral owner, if any, must be ``session_id``.
+    """
+
+    session_id: int
+    seq: int
+    lowest_unacked: int
+    command: RequestCommand
 
 
 Command = (
@@ -109,76 +152,23 @@ Command = (
     | Delete
     | Txn
     | OpenSession
-    | KeepAlive
     | CloseSession
     | ExpireSession
-    | ExpireSessions
     | Compact
+    | Configure
+    | ClientRequest
 )
 
-_COMMAND_TYPES: dict[str, type[Any]] = {
-    cls.__name__: cls
-    for cls in (
-        Create,
-        Set,
-        Delete,
-        Txn,
-        OpenSession,
-        KeepAlive,
-        CloseSession,
-        ExpireSession,
-        ExpireSessions,
-        Compact,
-        Compare,
-        CreateOp,
-        SetOp,
-        DeleteOp,
-        GetOp,
-    )
+#: Stable wire numbers. Never reuse or renumber; retired numbers: none yet.
+COMMAND_TAGS: dict[type[Command], int] = {
+    Create: 1,
+    Set: 2,
+    Delete: 3,
+    Txn: 4,
+    OpenSession: 5,
+    CloseSession: 6,
+    ExpireSession: 7,
+    Compact: 8,
+    Configure: 9,
+    ClientRequest: 10,
 }
-
-
-def _to_plain(obj: Any) -> Any:
-    if isinstance(obj, bytes):
-        return {"$b": base64.b64encode(obj).decode("ascii")}
-    if isinstance(obj, CompareTarget | CompareOp):
-        return obj.value
-    if isinstance(obj, tuple | list):
-        return [_to_plain(x) for x in obj]
-    name = type(obj).__name__
-    if name in _COMMAND_TYPES:
-        return {"$t": name, **{f.name: _to_plain(getattr(obj, f.name)) for f in fields(obj)}}
-    return obj
-
-
-def _from_plain(obj: Any) -> Any:
-    if isinstance(obj, list):
-        return tuple(_from_plain(x) for x in obj)
-    if isinstance(obj, dict):
-        if "$b" in obj:
-            return base64.b64decode(obj["$b"])
-        cls = _COMMAND_TYPES.get(obj.get("$t", ""))
-        if cls is None:
-            raise InvalidArgumentError(f"unknown command type {obj.get('$t')!r}")
-        kwargs = {k: _from_plain(v) for k, v in obj.items() if k != "$t"}
-        if cls is Compare:
-            kwargs["target"] = CompareTarget(kwargs["target"])
-            kwargs["op"] = CompareOp(kwargs["op"])
-        return cls(**kwargs)
-    return obj
-
-
-def encode_command(command: Command) -> bytes:
-    """Serialise a command to bytes (what a Raft log entry carries)."""
-    return orjson.dumps(_to_plain(command))
-
-
-def decode_command(data: bytes) -> Command:
-    """The inverse of :func:`encode_command`; malformed input raises InvalidArgumentError."""
-    try:
-        cmd = _from_plain(orjson.loads(data))
-    except (orjson.JSONDecodeError, TypeError, KeyError, ValueError) as exc:
-        raise InvalidArgumentError(f"malformed command: {exc}") from exc
-    if not isinstance(cmd, Command):
-        raise InvalidArgumentError("malformed command: not a command")
-    return cmd

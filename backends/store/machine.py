@@ -1,34 +1,34 @@
 """The deterministic state machine every coordkit server runs: what Raft replicates.
 
-Pure Python: no I/O, no clock, no randomness. Time enters only as the ``now``
-field of the session commands, so replaying the same commands on any replica
-gives the same tree, revisions, sessions and watch history.
+Pure Python: no I/O, no clock, no randomness. No command carries a time, so
+replaying the same commands on any replica gives the same tree, revisions,
+sessions, dedup tables, watch history -- and the same result or error for
+every command.
 
 Invariants kept after every :meth:`Store.apply`:
 
-* ``revision`` grows by exactly one per successful mutating command (a
-  transaction or a session expiry that removes nodes is one revision); a
-  command that fails or changes nothing leaves it as it was;
+* ``revision`` grows by exactly one per successful command that changes the
+  tree (a transaction or a session's end that removes nodes is one revision);
+  a command that fails or changes no node leaves it as it was;
 * a command that raises leaves the state exactly as it was (transactions
-  roll back through an undo log);
-* every node but the root has its parent in the tree; ephemeral nodes have no
-  children and belong to a live session, which lists them;
-* the history ring holds every event with revision >= ``oldest_revision``.
+  roll back through an undo log); a :class:`ClientRequest` whose command
+  fails records the error in its session's table and changes nothing else;
+* every node but the root has its parent in the tree, and ``_nodes`` holds
+  every parent before its children (dict order), which snapshots rely on;
+  ephemeral nodes have no children and belong to a live session, which
+  lists them;
+* the history ring holds every event with revision >= ``oldest_revision``
+  and at most ``max_history`` events.
 """
 
 from __future__ import annotations
 
-import base64
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
-
-import orjson
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from coordkit.errors import (
     BadVersionError,
-    CompactedError,
     CoordkitError,
     InvalidArgumentError,
     NoChildrenForEphemeralsError,
@@ -43,142 +43,105 @@ from coordkit.paths import (
     SEQUENCE_DIGITS,
     check_path,
     check_value,
-    is_ancestor,
-    join,
     parent,
 )
-from coordkit.txn import CreateOp, DeleteOp, GetOp, SetOp, TxnResult
+from coordkit.txn import CreateOp, DeleteOp, GetOp, SetOp, TxnResult, check_txn
 
+from . import records
+from .codec import decode_command
 from .commands import (
+    ClientRequest,
     CloseSession,
     Command,
     Compact,
+    Configure,
     Create,
     Delete,
     ExpireSession,
-    ExpireSessions,
-    KeepAlive,
     OpenSession,
+    RequestCommand,
     Set,
     Txn,
 )
+from .results import encode_result, unwrap_result
+from .snapshot import DEFAULT_CHUNK_BYTES, SnapshotLoader, SnapshotStream
+from .state import (
+    DEFAULT_HISTORY,
+    DEFAULT_SESSION_RESULTS,
+    SessionRecord,
+    StoreState,
+    check_int,
+)
 
-__all__ = ["DEFAULT_HISTORY", "Store", "matches"]
-
-DEFAULT_HISTORY = 10_000
-
-
-# -- state -----------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Record:
-    value: bytes
-    create_revision: int
-    mod_revision: int
-    version: int
-    owner: int | None
-    children: set[str] = field(default_factory=set)
-    next_seq: int = 0
+__all__ = ["Store", "StoreLoader"]
 
 
-@dataclass(slots=True)
-class _Session:
-    ttl: float
-    deadline: float
-    ephemerals: set[str] = field(default_factory=set)
+class Store(StoreState):
+    """The node tree, revisions, sessions with their dedup tables, and a bounded watch history.
 
-
-class Store:
-    """The node tree, revisions, sessions and a bounded watch history.
-
-    Mutations go through :meth:`apply` only. ``listener`` (if given) receives
-    the events of each successful mutation, in order, right after it.
+    Mutations go through :meth:`apply` (or :meth:`apply_entry`) only; the
+    reads are :class:`~.state.StoreState`'s. ``listener`` (if given)
+    receives the events of each successful mutation, in order, right after it.
     """
-
-    ROOT: ClassVar[str] = "/"
 
     def __init__(
         self,
         *,
         max_history: int = DEFAULT_HISTORY,
+        max_session_results: int = DEFAULT_SESSION_RESULTS,
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
         listener: Callable[[Sequence[Event]], None] | None = None,
     ) -> None:
-        self.revision = 0
-        self.max_history = max_history
-        self.max_value_bytes = max_value_bytes
-        self.listener = listener
-        self._nodes: dict[str, _Record] = {"/": _Record(b"", 0, 0, 0, None)}
-        self._sessions: dict[int, _Session] = {}
-        self._next_session_id = 1
-        self._history: deque[Event] = deque()
-        #: every event with revision >= oldest_revision is in the history.
-        self.oldest_revision = 1
-        # while applying: pending events and the undo log (None outside a mutation)
+        super().__init__(
+            max_history=max_history,
+            max_session_results=max_session_results,
+            max_value_bytes=max_value_bytes,
+            listener=listener,
+        )
+        # while applying: pending events and the undo log
         self._events: list[Event] = []
         self._undo: list[Callable[[], None]] = []
-
-    # -- reads ----------------------------------------------------------------
-
-    def get(self, path: str) -> Node | None:
-        rec = self._nodes.get(path)
-        return None if rec is None else self._node(path, rec)
-
-    def children(self, path: str) -> list[str]:
-        rec = self._nodes.get(path)
-        if rec is None:
-            raise NoNodeError(path)
-        return sorted(rec.children)
-
-    def exists(self, path: str) -> bool:
-        return path in self._nodes
-
-    def has_session(self, session_id: int) -> bool:
-        return session_id in self._sessions
-
-    def session_ids(self) -> list[int]:
-        return sorted(self._sessions)
-
-    def session_ephemerals(self, session_id: int) -> list[str]:
-        sess = self._sessions.get(session_id)
-        return sorted(sess.ephemerals) if sess else []
-
-    def next_deadline(self) -> float | None:
-        """The earliest session deadline, or None without sessions."""
-        return min((s.deadline for s in self._sessions.values()), default=None)
-
-    def paths(self) -> list[str]:
-        return sorted(self._nodes)
-
-    def events_since(self, revision: int, path: str = "/", recursive: bool = True) -> list[Event]:
-        """History events with revision >= ``revision`` matching ``path``."""
-        if revision < self.oldest_revision:
-            raise CompactedError(
-                f"revision {revision} is compacted; oldest available is {self.oldest_revision}",
-                self.oldest_revision,
-            )
-        return [
-            ev
-            for ev in self._history
-            if ev.revision >= revision and matches(ev.path, path, recursive)
-        ]
-
-    def _node(self, path: str, rec: _Record) -> Node:
-        return Node(
-            path,
-            rec.value,
-            rec.create_revision,
-            rec.mod_revision,
-            rec.version,
-            rec.owner,
-            len(rec.children),
-        )
 
     # -- apply ----------------------------------------------------------------
 
     def apply(self, command: Command) -> Any:
-        """Apply one command; return its result or raise (state unchanged on error)."""
+        """Apply one command; return its result or raise (see the module invariants).
+
+        A :class:`ClientRequest` is applied at most once per ``seq``: a repeat
+        returns the recorded result or raises a copy of the recorded error.
+        It raises SessionExpiredError if its session does not exist, and
+        InvalidArgumentError if its ``seq`` was already acknowledged (below
+        the session's ``lowest_unacked``) or the session already has
+        ``max_session_results`` unacknowledged results; these record nothing
+        and change nothing.
+        """
+        if isinstance(command, ClientRequest):
+            encoded, outcome = self._apply_request(command)
+            if outcome is _REPLAYED:
+                return unwrap_result(encoded)
+            if isinstance(outcome, CoordkitError):
+                raise outcome
+            return outcome
+        return self._apply_one(command)
+
+    def apply_entry(self, entry: bytes) -> bytes:
+        """Decode a log entry, apply it, and return :func:`encode_result` of the outcome.
+
+        Never raises a CoordkitError: a malformed entry, a failed command and
+        a refused request all come back encoded as their error, the same on
+        every replica. For a ClientRequest the bytes are the ones recorded in
+        the session's table.
+        """
+        try:
+            command = decode_command(entry)
+            if isinstance(command, ClientRequest):
+                return self._apply_request(command)[0]
+            result = self._apply_one(command)
+        except CoordkitError as exc:
+            return encode_result(exc)
+        return encode_result(result)
+
+    def _apply_one(self, command: Command) -> Any:
         self._events = []
         self._undo = []
         try:
@@ -209,23 +172,16 @@ class Store:
         if isinstance(cmd, Txn):
             return self._txn(cmd)
         if isinstance(cmd, OpenSession):
-            return self._open_session(cmd)
-        if isinstance(cmd, KeepAlive):
-            sess = self._sessions.get(cmd.session_id)
-            if sess is None:
-                raise SessionExpiredError(f"session {cmd.session_id:#x} has expired")
-            sess.deadline = max(sess.deadline, cmd.now + sess.ttl)
-            return sess.deadline
+            return self._open_session(cmd.ttl)
         if isinstance(cmd, CloseSession | ExpireSession):
             return self._end_session(cmd.session_id)
-        if isinstance(cmd, ExpireSessions):
-            expired = sorted(i for i, s in self._sessions.items() if s.deadline <= cmd.now)
-            for session_id in expired:
-                self._end_session(session_id)
-            return expired
         if isinstance(cmd, Compact):
+            check_int("revision", cmd.revision)
             self._compact(cmd.revision)
             return self.oldest_revision
+        if isinstance(cmd, Configure):
+            self._configure(cmd)
+            return None
         raise InvalidArgumentError(f"not a store command: {cmd!r}")
 
     def _commit(self, mutate: Callable[[int], Any]) -> Any:
@@ -237,25 +193,100 @@ class Store:
 
     def _record(self, events: list[Event]) -> None:
         self._history.extend(events)
-        while len(self._history) > self.max_history:
-            dropped = self._history.popleft()
-            self.oldest_revision = max(self.oldest_revision, dropped.revision + 1)
+        self._trim_history()
         if self.listener is not None:
             self.listener(events)
+
+    def _trim_history(self) -> None:
+        """Drop the oldest revisions until at most ``max_history`` events remain.
+
+        A revision goes whole: a watch from it would be refused anyway.
+        """
+        history = self._history
+        while len(history) > self._max_history:
+            dropped = history.popleft().revision
+            while history and history[0].revision == dropped:
+                history.popleft()
+            self.oldest_revision = max(self.oldest_revision, dropped + 1)
 
     def _compact(self, revision: int) -> None:
         while self._history and self._history[0].revision < revision:
             self._history.popleft()
         self.oldest_revision = max(self.oldest_revision, min(revision, self.revision + 1))
 
+    def _configure(self, cmd: Configure) -> None:
+        # Check every field before changing any: a bad one changes nothing.
+        limits = {
+            name: check_int(name, value, 1)
+            for name, value in (
+                ("max_history", cmd.max_history),
+                ("max_session_results", cmd.max_session_results),
+                ("max_value_bytes", cmd.max_value_bytes),
+            )
+            if value is not None
+        }
+        for name, value in limits.items():
+            setattr(self, f"_{name}", value)
+        self._trim_history()
+
+    # -- exactly-once ------------------------------------------------------------
+
+    def _apply_request(self, req: ClientRequest) -> tuple[bytes, Any]:
+        """(encoded outcome, outcome), the outcome being ``_REPLAYED`` for a repeat."""
+        sess = self._sessions.get(req.session_id) if isinstance(req.session_id, int) else None
+        if sess is None:
+            raise SessionExpiredError(f"session {req.session_id!r} has expired")
+        _check_request(req)
+        if req.seq < sess.lowest_unacked:
+            raise InvalidArgumentError(
+                f"request {req.seq} of session {req.session_id:#x} was acknowledged "
+                f"(the session's lowest unacknowledged request is {sess.lowest_unacked}); "
+                "its result is forgotten and it is not applied again"
+            )
+        recorded = sess.results.get(req.seq)
+        if recorded is not None:
+            self._acknowledge(sess, req.lowest_unacked)
+            return recorded, _REPLAYED
+        kept = sum(1 for seq in sess.results if seq >= req.lowest_unacked)
+        if kept >= self._max_session_results:
+            raise InvalidArgumentError(
+                f"session {req.session_id:#x} has {kept} unacknowledged results, the limit: "
+                "raise lowest_unacked before sending more requests"
+            )
+        try:
+            outcome = self._apply_one(req.command)
+        except CoordkitError as exc:
+            outcome = exc
+        encoded = encode_result(outcome)
+        if req.session_id in self._sessions:  # not if the command closed its own session
+            self._acknowledge(sess, req.lowest_unacked)
+            sess.results[req.seq] = encoded
+        return encoded, outcome
+
+    @staticmethod
+    def _acknowledge(sess: SessionRecord, lowest_unacked: int) -> None:
+        """Forget every result below ``lowest_unacked`` (the client has them)."""
+        if lowest_unacked > sess.lowest_unacked:
+            sess.lowest_unacked = lowest_unacked
+            for seq in [seq for seq in sess.results if seq < lowest_unacked]:
+                del sess.results[seq]
+
     # -- primitive mutations (each logs its undo) --------------------------------
 
     def _emit(self, type_: EventType, path: str, node: Node | None, revision: int) -> None:
         self._events.append(Event(type_, path, node, revision))
 
+    def _preserve(self, path: str) -> None:
+        """Before a record (or its sequence counter) changes: keep its pre-image for snapshots."""
+        for capture in self._captures:
+            if path not in capture.saved:
+                rec = self._nodes[path]
+                if records.create_revision(rec) <= capture.revision:
+                    capture.saved[path] = (rec, self._next_seq.get(path, 0))
+
     def _check_session(self, session_id: int | None) -> None:
         if session_id is not None and session_id not in self._sessions:
-            raise SessionExpiredError(f"session {session_id:#x} has expired")
+            raise SessionExpiredError(f"session {session_id!r} has expired")
 
     def _create(
         self,
@@ -267,7 +298,7 @@ class Store:
         make_parents: bool,
     ) -> Node:
         check_path(path)
-        check_value(value, self.max_value_bytes)
+        check_value(value, self._max_value_bytes)
         if path == "/":
             raise NodeExistsError("the root always exists")
         parent_path = parent(path)
@@ -275,49 +306,61 @@ class Store:
             if not make_parents:
                 raise NoNodeError(f"parent of {path!r} does not exist")
             self._create(rev, parent_path, b"", None, False, True)
-        prec = self._nodes[parent_path]
-        if prec.owner is not None:
+        if records.unpack(self._nodes[parent_path])[3] is not None:
             raise NoChildrenForEphemeralsError(f"{parent_path!r} is ephemeral")
         if sequential:
-            seq = prec.next_seq
-            path = f"{path}{seq:0{SEQUENCE_DIGITS}d}"
-            prec.next_seq = seq + 1
-            self._undo.append(lambda: setattr(prec, "next_seq", seq))
+            path = self._next_sequential(parent_path, path)
         if path in self._nodes:
             raise NodeExistsError(path)
-        rec = _Record(value, rev, rev, 0, owner)
+        rec = records.pack(value, rev, rev, 0, owner)
         self._nodes[path] = rec
-        name = path.rsplit("/", 1)[1]
-        prec.children.add(name)
+        siblings = self._children.get(parent_path)
+        if siblings is None:
+            siblings = self._children[parent_path] = set()
+        siblings.add(path)
 
         def undo() -> None:
             del self._nodes[path]
-            prec.children.discard(name)
+            siblings.discard(path)
 
         self._undo.append(undo)
         if owner is not None:
             ephemerals = self._sessions[owner].ephemerals
             ephemerals.add(path)
             self._undo.append(lambda: ephemerals.discard(path))
-        node = self._node(path, rec)
+        node = records.to_node(path, rec, 0)
         self._emit(EventType.CREATED, path, node, rev)
         return node
 
-    def _set(self, rev: int, path: str, value: bytes, version: int | None) -> Node:
-        check_path(path)
-        check_value(value, self.max_value_bytes)
-        rec = self._nodes.get(path)
-        if rec is None:
-            raise NoNodeError(path)
-        if version is not None and rec.version != version:
-            raise BadVersionError(f"{path}: version is {rec.version}, expected {version}")
-        old = (rec.value, rec.mod_revision, rec.version)
-        rec.value, rec.mod_revision, rec.version = value, rev, rec.version + 1
+    def _next_sequential(self, parent_path: str, path: str) -> str:
+        if self._captures:
+            self._preserve(parent_path)
+        seq = self._next_seq.get(parent_path, 0)
+        self._next_seq[parent_path] = seq + 1
 
         def undo() -> None:
-            rec.value, rec.mod_revision, rec.version = old
+            if seq:
+                self._next_seq[parent_path] = seq
+            else:
+                del self._next_seq[parent_path]
 
         self._undo.append(undo)
+        # The suffix can take a path past the length limit (a snapshot would refuse it).
+        return check_path(f"{path}{seq:0{SEQUENCE_DIGITS}d}")
+
+    def _set(self, rev: int, path: str, value: bytes, version: int | None) -> Node:
+        check_path(path)
+        check_value(value, self._max_value_bytes)
+        old = self._nodes.get(path)
+        if old is None:
+            raise NoNodeError(path)
+        crev, _, current, owner = records.unpack(old)
+        if version is not None and current != version:
+            raise BadVersionError(f"{path}: version is {current}, expected {version}")
+        if self._captures:
+            self._preserve(path)
+        rec = self._nodes[path] = records.pack(value, crev, rev, current + 1, owner)
+        self._undo.append(lambda: self._nodes.__setitem__(path, old))
         node = self._node(path, rec)
         self._emit(EventType.UPDATED, path, node, rev)
         return node
@@ -329,30 +372,41 @@ class Store:
         rec = self._nodes.get(path)
         if rec is None:
             raise NoNodeError(path)
-        if version is not None and rec.version != version:
-            raise BadVersionError(f"{path}: version is {rec.version}, expected {version}")
-        if rec.children:
+        current = records.unpack(rec)[2]
+        if version is not None and current != version:
+            raise BadVersionError(f"{path}: version is {current}, expected {version}")
+        kids = self._children.get(path)
+        if kids:
             if not recursive:
                 raise NotEmptyError(path)
-            for name in sorted(rec.children):
-                self._delete(rev, join(path, name), None, True)
-        self._remove(rev, path, rec)
+            for child in sorted(kids):
+                self._delete(rev, child, None, True)
+        self._remove(rev, path)
 
-    def _remove(self, rev: int, path: str, rec: _Record) -> None:
-        node = self._node(path, rec)
-        del self._nodes[path]
-        prec = self._nodes[parent(path)]
-        name = path.rsplit("/", 1)[1]
-        prec.children.discard(name)
-        owner_set = self._sessions[rec.owner].ephemerals if rec.owner is not None else None
-        if owner_set is not None:
-            owner_set.discard(path)
+    def _remove(self, rev: int, path: str) -> None:
+        """Remove a childless node."""
+        if self._captures:
+            self._preserve(path)
+        rec = self._nodes.pop(path)
+        node = records.to_node(path, rec, 0)
+        siblings = self._children[parent(path)]
+        siblings.discard(path)
+        kids = self._children.pop(path, None)
+        next_seq = self._next_seq.pop(path, None)
+        owner = records.unpack(rec)[3]
+        ephemerals = self._sessions[owner].ephemerals if owner is not None else None
+        if ephemerals is not None:
+            ephemerals.discard(path)
 
         def undo() -> None:
             self._nodes[path] = rec
-            prec.children.add(name)
-            if owner_set is not None:
-                owner_set.add(path)
+            siblings.add(path)
+            if kids is not None:
+                self._children[path] = kids
+            if next_seq is not None:
+                self._next_seq[path] = next_seq
+            if ephemerals is not None:
+                ephemerals.add(path)
 
         self._undo.append(undo)
         self._emit(EventType.DELETED, path, node, rev)
@@ -360,9 +414,14 @@ class Store:
     # -- transactions ----------------------------------------------------------
 
     def _txn(self, cmd: Txn) -> TxnResult:
+        # The client's own checks, again: a compare of an int with bytes must be
+        # refused here, not raise a TypeError in every replica's apply loop.
+        check_txn(cmd.compares, cmd.success, cmd.failure, self._max_value_bytes)
         succeeded = all(c.holds(self.get(c.path)) for c in cmd.compares)
         ops = cmd.success if succeeded else cmd.failure
         if any(isinstance(op, CreateOp) and op.ephemeral for op in ops):
+            if cmd.session_id is None:
+                raise InvalidArgumentError("an ephemeral create in a txn needs its session_id")
             self._check_session(cmd.session_id)
 
         def run(rev: int) -> tuple[Node | None, ...]:
@@ -389,118 +448,93 @@ class Store:
 
     # -- sessions ----------------------------------------------------------------
 
-    def _open_session(self, cmd: OpenSession) -> int:
-        if not cmd.ttl > 0:
-            raise InvalidArgumentError(f"session ttl must be > 0, not {cmd.ttl}")
+    def _open_session(self, ttl: float) -> int:
+        if (
+            isinstance(ttl, bool)
+            or not isinstance(ttl, int | float)
+            or not math.isfinite(ttl)
+            or ttl <= 0
+        ):
+            raise InvalidArgumentError(f"session ttl must be a finite number > 0, not {ttl!r}")
         session_id = self._next_session_id
         self._next_session_id += 1
-        self._sessions[session_id] = _Session(cmd.ttl, cmd.now + cmd.ttl)
+        self._sessions[session_id] = SessionRecord(float(ttl))
         return session_id
 
     def _end_session(self, session_id: int) -> list[str]:
-        """Remove the session and (in one revision) its ephemeral nodes; return their paths."""
+        """Remove the session, its dedup table and (in one revision) its ephemeral nodes.
+
+        Returns the removed paths; an unknown session changes nothing.
+        """
         sess = self._sessions.get(session_id)
         if sess is None:
             return []
         paths = sorted(sess.ephemerals)
         rev = self.revision + 1
         for path in paths:
-            self._remove(rev, path, self._nodes[path])
+            self._remove(rev, path)
         del self._sessions[session_id]
+        self._undo.append(lambda: self._sessions.__setitem__(session_id, sess))
         if paths:
             self.revision = rev
         return paths
 
-    # -- snapshots -------------------------------------------------------------
+    # -- snapshots (the format lives in snapshot.py) ------------------------------
+
+    def snapshot_chunks(self, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[bytes]:
+        """The whole state as a stream of chunks, consistent as of this call.
+
+        ``apply`` may run between chunks: the stream still describes the
+        state at the moment of the call (only records changed meanwhile are
+        kept aside, never a copy of the tree). Each chunk is ``chunk_bytes``
+        long except the last. Exhaust or ``close()`` the iterator: until
+        then the store keeps the pre-images of the records that change.
+        Feed the chunks to a :class:`StoreLoader` to get the store back.
+        """
+        return SnapshotStream(self, chunk_bytes)
 
     def snapshot(self) -> bytes:
-        """The whole state as bytes (tree, revision, sessions, history)."""
-        b64 = _b64
-        state = {
-            "revision": self.revision,
-            "oldest_revision": self.oldest_revision,
-            "max_history": self.max_history,
-            "max_value_bytes": self.max_value_bytes,
-            "next_session_id": self._next_session_id,
-            "nodes": [
-                [p, b64(r.value), r.create_revision, r.mod_revision, r.version, r.owner, r.next_seq]
-                for p, r in sorted(self._nodes.items())
-            ],
-            "sessions": [[i, s.ttl, s.deadline] for i, s in sorted(self._sessions.items())],
-            "history": [
-                [
-                    ev.type.value,
-                    ev.path,
-                    ev.revision,
-                    None if ev.node is None else _node_to_plain(ev.node),
-                ]
-                for ev in self._history
-            ],
-        }
-        return orjson.dumps(state)
+        """The whole state as one bytes object (the chunks of :meth:`snapshot_chunks`, joined)."""
+        return b"".join(self.snapshot_chunks())
 
     @classmethod
     def restore(
         cls, data: bytes, *, listener: Callable[[Sequence[Event]], None] | None = None
     ) -> Store:
-        """A store equal to the one that produced ``data`` with :meth:`snapshot`."""
-        try:
-            state = orjson.loads(data)
-            store = cls(
-                max_history=int(state["max_history"]),
-                max_value_bytes=int(state["max_value_bytes"]),
-                listener=listener,
-            )
-            store.revision = int(state["revision"])
-            store.oldest_revision = int(state["oldest_revision"])
-            store._next_session_id = int(state["next_session_id"])
-            for sid, ttl, deadline in state["sessions"]:
-                store._sessions[int(sid)] = _Session(float(ttl), float(deadline))
-            store._nodes = {}
-            for path, value, crev, mrev, version, owner, next_seq in state["nodes"]:
-                store._nodes[path] = _Record(
-                    base64.b64decode(value), crev, mrev, version, owner, set(), next_seq
-                )
-                if owner is not None:
-                    store._sessions[owner].ephemerals.add(path)
-            for path in store._nodes:
-                if path != "/":
-                    store._nodes[parent(path)].children.add(path.rsplit("/", 1)[1])
-            store._history = deque(
-                Event(
-                    EventType(t),
-                    p,
-                    None if n is None else _node_from_plain(n),
-                    int(r),
-                )
-                for t, p, r, n in state["history"]
-            )
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise CoordkitError(f"corrupt store snapshot: {exc}") from exc
-        return store
+        """A store equal to the one that produced ``data`` (InvalidArgumentError if corrupt)."""
+        loader = StoreLoader(listener=listener)
+        loader.feed(data)
+        return loader.finish()
 
 
-def matches(event_path: str, path: str, recursive: bool) -> bool:
-    """Whether a change at ``event_path`` concerns a watch on ``path``."""
-    return is_ancestor(path, event_path) if recursive else event_path == path
+class StoreLoader(SnapshotLoader["Store"]):
+    """Builds a :class:`Store` from snapshot chunks: ``feed(chunk)``... then ``finish()``.
+
+    Any corrupt, truncated or trailing data raises InvalidArgumentError
+    ("corrupt store snapshot: ..."), from ``feed`` or ``finish``, and the
+    loader then refuses to go on.
+    """
+
+    def __init__(self, *, listener: Callable[[Sequence[Event]], None] | None = None) -> None:
+        super().__init__(lambda **limits: Store(listener=listener, **limits))
 
 
-def _b64(value: bytes) -> str:
-    return base64.b64encode(value).decode("ascii")
+_REPLAYED: Any = object()
 
 
-def _node_to_plain(node: Node) -> list[Any]:
-    return [
-        node.path,
-        _b64(node.value),
-        node.create_revision,
-        node.mod_revision,
-        node.version,
-        node.ephemeral_owner,
-        node.num_children,
-    ]
-
-
-def _node_from_plain(items: Iterable[Any]) -> Node:
-    path, value, crev, mrev, version, owner, nchildren = items
-    return Node(path, base64.b64decode(value), crev, mrev, version, owner, nchildren)
+def _check_request(req: ClientRequest) -> None:
+    """A well-formed request: numbers in order, a command a client may send, its own session."""
+    check_int("seq", req.seq, 0)
+    check_int("lowest_unacked", req.lowest_unacked, 0)
+    if req.lowest_unacked > req.seq:
+        raise InvalidArgumentError(
+            f"lowest_unacked ({req.lowest_unacked}) cannot exceed the request's seq ({req.seq})"
+        )
+    cmd = req.command
+    if not isinstance(cmd, RequestCommand):
+        raise InvalidArgumentError(f"a ClientRequest cannot carry {type(cmd).__name__}")
+    owner = cmd.session_id if isinstance(cmd, Create | Txn | CloseSession) else None
+    if owner is not None and owner != req.session_id:
+        raise InvalidArgumentError(
+            f"a request of session {req.session_id:#x} acts for session {owner!r}"
+        )

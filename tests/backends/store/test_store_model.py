@@ -3,6 +3,9 @@
 The model is a dict of path -> node fields, written as plainly as possible;
 the store must agree with it on every result, every error and every node, and
 a snapshot/restore round trip at any point must give an identical store.
+Mutations are sent bare or inside a ClientRequest of a live session; old
+requests are retried at random and must give back the first outcome, byte
+for byte, without changing anything.
 """
 
 from __future__ import annotations
@@ -16,21 +19,26 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from coordkit.backends.store import (
+    ClientRequest,
     CloseSession,
+    Command,
     Create,
     Delete,
-    ExpireSessions,
-    KeepAlive,
+    ExpireSession,
     OpenSession,
     Set,
     Store,
+    StoreLoader,
     Txn,
     decode_command,
+    decode_result,
     encode_command,
+    encode_result,
 )
 from coordkit.errors import (
     BadVersionError,
     CoordkitError,
+    InvalidArgumentError,
     NoChildrenForEphemeralsError,
     NodeExistsError,
     NoNodeError,
@@ -57,6 +65,8 @@ def _paths() -> list[str]:
 
 PATHS = _paths()
 VALUES = st.binary(max_size=4)
+#: None: a bare command; n: inside a ClientRequest acknowledging all but the last n results.
+VIA = st.none() | st.integers(0, 5)
 
 
 @dataclass
@@ -75,8 +85,7 @@ class Model:
 
     revision: int = 0
     nodes: dict[str, MNode] = field(default_factory=lambda: {"/": MNode(b"", 0, 0, 0, None)})
-    sessions: dict[int, float] = field(default_factory=dict)  # id -> deadline
-    ttls: dict[int, float] = field(default_factory=dict)
+    sessions: dict[int, float] = field(default_factory=dict)  # id -> ttl
     next_session: int = 1
 
     def parent(self, path: str) -> str:
@@ -142,32 +151,75 @@ def model_end_session(m: Model, sid: int) -> None:
     if mine:
         m.revision += 1
     del m.sessions[sid]
-    del m.ttls[sid]
+
+
+RESULTS_PER_SESSION = 4
+
+
+@dataclass
+class Sent:
+    """What one session has sent: the next seq, the acknowledged floor, each outcome."""
+
+    next_seq: int = 0
+    lowest_unacked: int = 0
+    outcomes: dict[int, tuple[ClientRequest, bytes]] = field(default_factory=dict)
 
 
 class StoreMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.store = Store(max_history=50)
+        self.store = Store(max_history=50, max_session_results=RESULTS_PER_SESSION)
         self.model = Model()
-        self.now = 0.0
+        self.sent: dict[int, Sent] = {}
         self.events: list[tuple[EventType, str, int]] = []
         self.store.listener = lambda evs: self.events.extend(
             (e.type, e.path, e.revision) for e in evs
         )
 
-    # Every command is also sent through encode/decode, as Raft would carry it.
-    def run(self, command, model_fn):  # type: ignore[no-untyped-def]
+    # Every command is also sent through encode/decode, as Raft would carry it;
+    # with ``via`` (a number of results to acknowledge), inside a ClientRequest.
+    def run(self, command, model_fn, via=None):  # type: ignore[no-untyped-def]
+        if via is not None and self.model.sessions:
+            command = self.envelope(command, via)
+            if command is None:
+                return None
         command = decode_command(encode_command(command))
         saved = _copy_model(self.model)
         try:
             expected = model_fn()
         except CoordkitError as exc:
             self.model = saved
-            with pytest.raises(type(exc)):
+            with pytest.raises(type(exc)) as raised:
                 self.store.apply(command)
+            self.remember(command, raised.value)
             return None
-        return expected, self.store.apply(command)
+        result = self.store.apply(command)
+        self.remember(command, result)
+        return expected, result
+
+    def envelope(self, command: Command, acknowledge: int) -> ClientRequest | None:
+        """Wrap in a request of the first session, or None if its table is full (checked)."""
+        sid = min(self.model.sessions)
+        sent = self.sent[sid]
+        seq = sent.next_seq
+        low = max(sent.lowest_unacked, seq - acknowledge)
+        request = ClientRequest(sid, seq, low, command)  # type: ignore[arg-type]
+        if sum(1 for s in sent.outcomes if s >= low) >= RESULTS_PER_SESSION:
+            before = self.store.revision
+            with pytest.raises(InvalidArgumentError, match="unacknowledged results"):
+                self.store.apply(request)
+            assert self.store.revision == before
+            return None
+        sent.next_seq += 1
+        sent.lowest_unacked = low
+        for old in [s for s in sent.outcomes if s < low]:
+            del sent.outcomes[old]
+        return request
+
+    def remember(self, command: Command, outcome: object) -> None:
+        if isinstance(command, ClientRequest) and command.session_id in self.model.sessions:
+            outcomes = self.sent[command.session_id].outcomes
+            outcomes[command.seq] = (command, encode_result(outcome))
 
     @rule(
         path=st.sampled_from(PATHS),
@@ -175,8 +227,11 @@ class StoreMachine(RuleBasedStateMachine):
         seq=st.booleans(),
         parents=st.booleans(),
         eph=st.booleans(),
+        via=VIA,
     )
-    def create(self, path: str, value: bytes, seq: bool, parents: bool, eph: bool) -> None:
+    def create(
+        self, path: str, value: bytes, seq: bool, parents: bool, eph: bool, via: int | None
+    ) -> None:
         owner = min(self.model.sessions) if eph and self.model.sessions else None
         rev = self.model.revision + 1
 
@@ -185,32 +240,42 @@ class StoreMachine(RuleBasedStateMachine):
             self.model.revision = rev
             return out
 
-        out = self.run(Create(path, value, owner, seq, parents), fn)
+        out = self.run(Create(path, value, owner, seq, parents), fn, via)
         if out:
             expected_path, node = out
             assert node.path == expected_path
             assert node.create_revision == node.mod_revision == rev
             assert node.version == 0 and node.ephemeral_owner == owner
 
-    @rule(path=st.sampled_from(PATHS), value=VALUES, version=st.none() | st.integers(0, 3))
-    def set(self, path: str, value: bytes, version: int | None) -> None:
+    @rule(
+        path=st.sampled_from(PATHS),
+        value=VALUES,
+        version=st.none() | st.integers(0, 3),
+        via=VIA,
+    )
+    def set(self, path: str, value: bytes, version: int | None, via: int | None) -> None:
         rev = self.model.revision + 1
 
         def fn() -> None:
             model_set(self.model, rev, path, value, version)
             self.model.revision = rev
 
-        out = self.run(Set(path, value, version), fn)
+        out = self.run(Set(path, value, version), fn, via)
         if out:
             assert out[1].version == self.model.nodes[path].version
 
-    @rule(path=st.sampled_from(PATHS), version=st.none() | st.integers(0, 2), rec=st.booleans())
-    def delete(self, path: str, version: int | None, rec: bool) -> None:
+    @rule(
+        path=st.sampled_from(PATHS),
+        version=st.none() | st.integers(0, 2),
+        rec=st.booleans(),
+        via=VIA,
+    )
+    def delete(self, path: str, version: int | None, rec: bool, via: int | None) -> None:
         def fn() -> None:
             model_delete(self.model, path, version, rec)
             self.model.revision += 1
 
-        self.run(Delete(path, version, rec), fn)
+        self.run(Delete(path, version, rec), fn, via)
 
     @rule(
         cpath=st.sampled_from(PATHS),
@@ -224,8 +289,9 @@ class StoreMachine(RuleBasedStateMachine):
             max_size=3,
         ),
         other=st.lists(st.builds(SetOp, st.sampled_from(PATHS), VALUES), max_size=2),
+        via=VIA,
     )
-    def txn(self, cpath: str, cversion: int, ops: list, other: list) -> None:  # type: ignore[type-arg]
+    def txn(self, cpath: str, cversion: int, ops: list, other: list, via: int | None) -> None:  # type: ignore[type-arg]
         node = self.model.nodes.get(cpath)
         ok = node is not None and node.version == cversion
         chosen = ops if ok else other
@@ -243,52 +309,79 @@ class StoreMachine(RuleBasedStateMachine):
                 self.model.revision = rev
             return ok
 
-        out = self.run(Txn((Compare.version(cpath, "==", cversion),), tuple(ops), tuple(other)), fn)
+        txn = Txn((Compare.version(cpath, "==", cversion),), tuple(ops), tuple(other))
+        out = self.run(txn, fn, via)
         if out:
             assert out[1].succeeded == ok
             assert out[1].revision == self.model.revision
 
-    @rule(ttl=st.sampled_from([1.0, 5.0]))
+    @rule(ttl=st.sampled_from([1.0, 5.0, 0.25]))
     def open_session(self, ttl: float) -> None:
-        sid = self.store.apply(OpenSession(ttl, self.now))
+        sid = self.store.apply(decode_command(encode_command(OpenSession(ttl))))
         assert sid == self.model.next_session
         self.model.next_session += 1
-        self.model.sessions[sid] = self.now + ttl
-        self.model.ttls[sid] = ttl
+        self.model.sessions[sid] = ttl
+        self.sent[sid] = Sent()
 
     @precondition(lambda self: bool(self.model.sessions))
-    @rule(data=st.data())
-    def close_session(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), expire=st.booleans())
+    def end_session(self, data: st.DataObject, expire: bool) -> None:
         sid = data.draw(st.sampled_from(sorted(self.model.sessions)))
+        gone = sorted(p for p, n in self.model.nodes.items() if n.owner == sid)
         model_end_session(self.model, sid)
-        self.store.apply(CloseSession(sid))
+        del self.sent[sid]
+        command = ExpireSession(sid) if expire else CloseSession(sid)
+        assert self.store.apply(command) == gone
+        assert self.store.apply(command) == []  # a second end changes nothing
 
-    @rule(dt=st.sampled_from([0.5, 2.0]))
-    def advance_clock(self, dt: float) -> None:
-        self.now += dt
-        for sid in sorted(self.model.sessions):
-            if self.model.sessions[sid] <= self.now:
-                model_end_session(self.model, sid)
-        self.store.apply(ExpireSessions(self.now))
+    @rule(ttl=st.sampled_from([0.0, -1.0, float("nan"), float("inf")]))
+    def open_session_with_a_bad_ttl_fails(self, ttl: float) -> None:
+        with pytest.raises(InvalidArgumentError):
+            self.store.apply(OpenSession(ttl))
 
-    @precondition(lambda self: bool(self.model.sessions))
+    @precondition(lambda self: any(s.outcomes for s in self.sent.values()))
     @rule(data=st.data())
-    def keep_alive(self, data: st.DataObject) -> None:
-        sid = data.draw(st.sampled_from(sorted(self.model.sessions)))
-        self.model.sessions[sid] = max(self.model.sessions[sid], self.now + self.model.ttls[sid])
-        self.store.apply(KeepAlive(sid, self.now))
+    def retry_request(self, data: st.DataObject) -> None:
+        sid = data.draw(st.sampled_from(sorted(s for s in self.sent if self.sent[s].outcomes)))
+        outcomes = self.sent[sid].outcomes
+        request, outcome = outcomes[data.draw(st.sampled_from(sorted(outcomes)))]
+        before = (self.store.revision, self.store.snapshot())
+        assert self.store.apply_entry(encode_command(request)) == outcome
+        try:
+            again = self.store.apply(request)
+        except CoordkitError as exc:
+            again = exc
+        assert encode_result(again) == outcome
+        assert isinstance(again, type(decode_result(outcome)))
+        assert (self.store.revision, self.store.snapshot()) == before
+
+    @precondition(lambda self: any(s.lowest_unacked for s in self.sent.values()))
+    @rule(data=st.data())
+    def acknowledged_request_is_refused(self, data: st.DataObject) -> None:
+        sid = data.draw(
+            st.sampled_from(sorted(s for s in self.sent if self.sent[s].lowest_unacked))
+        )
+        seq = data.draw(st.integers(0, self.sent[sid].lowest_unacked - 1))
+        before = self.store.snapshot()
+        with pytest.raises(InvalidArgumentError, match="acknowledged"):
+            self.store.apply(ClientRequest(sid, seq, seq, Create("/a", b"")))
+        assert self.store.snapshot() == before
 
     @rule(sid=st.integers(100, 110))
-    def keep_alive_of_unknown_session_fails(self, sid: int) -> None:
+    def request_of_unknown_session_fails(self, sid: int) -> None:
+        before = self.store.snapshot()
         with pytest.raises(SessionExpiredError):
-            self.store.apply(KeepAlive(sid, self.now))
+            self.store.apply(ClientRequest(sid, 0, 0, Create("/a", b"")))
+        assert self.store.snapshot() == before
 
-    @rule()
-    def snapshot_round_trip(self) -> None:
+    @rule(chunk=st.sampled_from([1, 7, 64, 1 << 20]))
+    def snapshot_round_trip(self, chunk: int) -> None:
         data = self.store.snapshot()
-        restored = Store.restore(data)
+        loader = StoreLoader(listener=self.store.listener)
+        for piece in self.store.snapshot_chunks(chunk):
+            loader.feed(piece)
+        restored = loader.finish()
         assert restored.snapshot() == data
-        restored.listener = self.store.listener
         self.store = restored
 
     @invariant()
@@ -308,7 +401,12 @@ class StoreMachine(RuleBasedStateMachine):
             assert node.ephemeral_owner == m.owner
             assert store.children(path) == model.children(path)
             assert node.num_children == len(model.children(path))
-        assert store.session_ids() == sorted(model.sessions)
+        assert store.session_ttls() == {sid: model.sessions[sid] for sid in sorted(model.sessions)}
+        for sid, sent in self.sent.items():
+            state = store.session(sid)
+            assert state is not None
+            assert state.lowest_unacked == sent.lowest_unacked
+            assert state.results == tuple(sorted((s, o) for s, (_, o) in sent.outcomes.items()))
 
     @invariant()
     def history_is_ordered_and_complete(self) -> None:
@@ -328,7 +426,6 @@ def _copy_model(m: Model) -> Model:
         m.revision,
         {p: replace(n) for p, n in m.nodes.items()},
         dict(m.sessions),
-        dict(m.ttls),
         m.next_session,
     )
 
