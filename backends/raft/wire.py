@@ -385,6 +385,13 @@ async def connect(
             raise HandshakeError(f"TLS with {address} failed: {describe_tls_error(exc)}") from None
         except (FrameError, anyio.EndOfStream, anyio.BrokenResourceError) as exc:
             await stream.aclose()
+            if ssl_context is not None and not isinstance(exc, FrameError):
+                # TLS gives the client no reason when the server rejects its
+                # certificate after the handshake (TLS 1.3): the node's log has it.
+                raise HandshakeError(
+                    f"{address} closed the connection during TLS: see its log for why "
+                    "(for instance, it does not trust this side's certificate)"
+                ) from None
             why = str(exc) or "the connection was closed"
             raise HandshakeError(f"no valid answer to the hello from {address}: {why}") from None
         except BaseException:

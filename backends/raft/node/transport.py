@@ -489,9 +489,6 @@ class PeerTransport:
             if peer.link is link:
                 peer.link = None
                 peer.connected = anyio.Event()
-            chunk_tx.close()
-            chunk_rx.close()
-            await stream.aclose()
             if link.reason is None:  # cancelled from outside: the node is stopping
                 link.reason, link.level = "closed", logging.DEBUG
             log.log(
@@ -502,6 +499,9 @@ class PeerTransport:
                 link.reason,
             )
             peer.reported_down = True  # the line above said it; dial failures stay quiet
+            chunk_tx.close()
+            chunk_rx.close()
+            await stream.aclose()
 
     async def _read_loop(self, link: _Link) -> None:
         peer = link.peer
