@@ -31,7 +31,6 @@ unique on its connection) and no snapshot data, then ``snap-chunk`` frames
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,78 +174,87 @@ def decode(frame: Frame) -> PeerFrame:
     return message
 
 
+_SCALARS = ("T", "lt", "i", "c", "rh", "cx")
+
+
 def decode_message(frame: Frame) -> Message:
     """The Message in ``frame``; FrameError names the first thing wrong with it."""
     h = frame.header
-    mtype = _TYPES.get(h["t"]) if isinstance(h.get("t"), str) else None
+    get = h.get
+    tag = get("t")
+    mtype = _TYPES.get(tag) if isinstance(tag, str) else None
     if mtype is None:
-        raise FrameError(f"unknown message type {h.get('t')!r}")
+        raise FrameError(f"unknown message type {tag!r}")
     kind = mtype.value
-    frm, to = h.get("f"), h.get("o")
-    if not isinstance(frm, str) or not frm or not isinstance(to, str) or not to:
+    frm, to = get("f"), get("o")
+    if type(frm) is not str or not frm or type(to) is not str or not to:
         raise FrameError(f"{kind} message without sender/recipient ids")
-    reject = h.get("rj", False)
-    if not isinstance(reject, bool):
+    reject = get("rj", False)
+    if type(reject) is not bool:
         raise FrameError(f"{kind} message with a non-boolean reject flag")
-    payload = memoryview(frame.payload)
-    pos = 0
-
-    def take(n: int) -> bytes:
-        nonlocal pos
-        if pos + n > len(payload):
-            raise FrameError(f"{kind} message: lengths exceed its {len(payload)}-byte payload")
-        data = bytes(payload[pos : pos + n])
-        pos += n
-        return data
-
-    context = take(_uint(h, "cx"))
+    term, log_term, index, commit, hint, cx = scalars = [get(key, 0) for key in _SCALARS]
+    for key, value in zip(_SCALARS, scalars, strict=True):
+        if type(value) is not int or value < 0:
+            raise FrameError(f"field {key!r} is not a non-negative integer: {value!r}")
+    payload = frame.payload
+    size = len(payload)
+    if cx > size:
+        raise FrameError(f"{kind} message: lengths exceed its {size}-byte payload")
+    context, pos = payload[:cx], cx
     entries: tuple[Entry, ...] = ()
-    flat = h.get("e")
+    flat = get("e")
     if flat is not None:
-        if not isinstance(flat, list) or len(flat) % 4:
+        if type(flat) is not list or len(flat) % 4:
             raise FrameError(f"{kind} message: entries are not a flat list of 4-tuples")
         out = []
         for k in range(0, len(flat), 4):
-            term, index, code, size = flat[k : k + 4]
-            if not (_is_uint(term) and _is_uint(index) and _is_uint(size)):
+            e_term, e_index, code, length = flat[k : k + 4]
+            if not (_is_uint(e_term) and _is_uint(e_index) and _is_uint(length)):
                 raise FrameError(f"{kind} message: entry {k // 4} has a bad term/index/length")
             if type(code) is not int or not 0 <= code < len(_KINDS):
                 raise FrameError(f"{kind} message: entry {k // 4} has an unknown type {code!r}")
-            out.append(Entry(term, index, _KINDS[code], take(size)))
+            end = pos + length
+            if end > size:
+                raise FrameError(f"{kind} message: lengths exceed its {size}-byte payload")
+            out.append(Entry(e_term, e_index, _KINDS[code], payload[pos:end]))
+            pos = end
         entries = tuple(out)
     snapshot = None
-    raw = h.get("s")
+    raw = get("s")
     if raw is not None:
-        snapshot = _snapshot(kind, raw, take)
-    if pos != len(payload):
-        raise FrameError(f"{kind} message: {len(payload) - pos} payload bytes left over")
+        snapshot, pos = _snapshot(kind, raw, payload, pos)
+    if pos != size:
+        raise FrameError(f"{kind} message: {size - pos} payload bytes left over")
     return Message(
         mtype,
         frm,
         to,
-        term=_uint(h, "T"),
-        log_term=_uint(h, "lt"),
-        index=_uint(h, "i"),
+        term=term,
+        log_term=log_term,
+        index=index,
         entries=entries,
-        commit=_uint(h, "c"),
+        commit=commit,
         reject=reject,
-        reject_hint=_uint(h, "rh"),
+        reject_hint=hint,
         snapshot=snapshot,
         context=context,
     )
 
 
-def _snapshot(kind: str, raw: object, take: Callable[[int], bytes]) -> Snapshot:
-    if not isinstance(raw, list) or len(raw) != 5:
+def _snapshot(kind: str, raw: object, payload: bytes, pos: int) -> tuple[Snapshot, int]:
+    if type(raw) is not list or len(raw) != 5:
         raise FrameError(f"{kind} message: snapshot is not [index, term, voters, learners, size]")
     index, term, voters, learners, size = raw
     if not (_is_uint(index) and _is_uint(term) and _is_uint(size)):
         raise FrameError(f"{kind} message: snapshot with a bad index/term/length")
     for ids in (voters, learners):
-        if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
+        if type(ids) is not list or not all(type(i) is str and i for i in ids):
             raise FrameError(f"{kind} message: snapshot configuration is not a list of ids")
+    end = pos + size
+    if end > len(payload):
+        raise FrameError(f"{kind} message: lengths exceed its {len(payload)}-byte payload")
     conf = ConfState.of(voters, learners)
-    return Snapshot(SnapshotMeta(index, term, conf), take(size))
+    return Snapshot(SnapshotMeta(index, term, conf), payload[pos:end]), end
 
 
 def _is_uint(value: object) -> bool:

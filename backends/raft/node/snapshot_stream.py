@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -84,9 +85,10 @@ async def snapshot_frames(
     yield encode_snapshot_start(message, stream)
     ok = True
     try:
-        async for piece in _data(message, source):
-            for start in range(0, len(piece), chunk_size):
-                yield encode_snapshot_chunk(stream, piece[start : start + chunk_size])
+        async with aclosing(_data(message, source)) as pieces:
+            async for piece in pieces:
+                for start in range(0, len(piece), chunk_size):
+                    yield encode_snapshot_chunk(stream, piece[start : start + chunk_size])
     except Exception as exc:
         ok = False
         log.warning(
@@ -99,7 +101,7 @@ async def snapshot_frames(
     yield encode_snapshot_end(stream, ok)
 
 
-async def _data(message: Message, source: SnapshotSource | None) -> AsyncIterator[bytes]:
+async def _data(message: Message, source: SnapshotSource | None) -> AsyncGenerator[bytes, None]:
     assert message.snapshot is not None
     if message.snapshot.data or source is None:
         yield message.snapshot.data

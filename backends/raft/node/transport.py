@@ -44,7 +44,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import aclosing, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Self
 
@@ -67,7 +67,15 @@ from ..wire import (
     describe_error,
     frame_size,
 )
-from .codec import PING, Ping, SnapshotChunk, SnapshotStart, decode, encode_message
+from .codec import (
+    PING,
+    Ping,
+    SnapshotChunk,
+    SnapshotStart,
+    decode,
+    encode_message,
+    encode_snapshot_end,
+)
 from .listener import ClusterIdentity, serve
 from .snapshot_stream import (
     SnapshotInbox,
@@ -107,9 +115,10 @@ class TransportSettings:
     idle_timeout: float = 3.0
     #: Seconds without sending after which a ping is sent (well below idle_timeout).
     keepalive_interval: float = 0.5
-    #: Seconds a dial (TCP, TLS and the hello) may take; and an accepted hello.
+    #: Seconds a dial (TCP, TLS, hello and answer) may take.
     connect_timeout: float = 3.0
-    hello_timeout: float = 5.0
+    #: Queued frames go out together, up to this many bytes per socket write.
+    write_batch_bytes: int = 1 << 20
     #: Bytes per snapshot chunk frame.
     snapshot_chunk: int = 256 << 10
     #: Largest snapshot held in memory when no ``snapshot_sink`` is given.
@@ -117,13 +126,19 @@ class TransportSettings:
     retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(0.05, 1.0))
 
     def __post_init__(self) -> None:
-        for name in ("idle_timeout", "keepalive_interval", "connect_timeout", "hello_timeout"):
+        for name in ("idle_timeout", "keepalive_interval", "connect_timeout"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ConfigurationError(f"transport {name} must be > 0, not {value!r}")
         if self.keepalive_interval * 2 > self.idle_timeout:
             raise ConfigurationError("transport keepalive_interval must be at most idle_timeout/2")
-        for name in ("max_frame", "queue_messages", "queue_bytes", "snapshot_chunk"):
+        for name in (
+            "max_frame",
+            "queue_messages",
+            "queue_bytes",
+            "write_batch_bytes",
+            "snapshot_chunk",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"transport {name} must be >= 1")
         if self.snapshot_chunk + 1024 > self.max_frame:
@@ -140,6 +155,8 @@ class PeerStats:
     sent: int
     received: int
     dropped: int
+    #: Socket writes: ``sent / writes`` is how many messages one write carried.
+    writes: int
 
 
 class _Peer:
@@ -158,14 +175,23 @@ class _Peer:
         self.connected = anyio.Event()
         self.dialer: anyio.CancelScope | None = None
         self.reported_down = False
-        self.sent = self.received = self.dropped = 0
+        self.sent = self.received = self.dropped = self.writes = 0
         self.unreported_drops = 0
         self.last_drop_log = -math.inf
 
-    def take(self) -> list[bytes]:
-        frames = list(self.frames)
-        self.frames.clear()
-        self.queued_bytes = 0
+    def take(self, limit: float) -> list[bytes]:
+        """Queued frames, oldest first, up to ``limit`` bytes (at least one frame)."""
+        if self.queued_bytes <= limit:
+            frames = list(self.frames)
+            self.frames.clear()
+            self.queued_bytes = 0
+            return frames
+        frames, size = [], 0
+        while self.frames and (not frames or size + len(self.frames[0]) <= limit):
+            frame = self.frames.popleft()
+            frames.append(frame)
+            size += len(frame)
+        self.queued_bytes -= size
         return frames
 
 
@@ -352,7 +378,7 @@ class PeerTransport:
         if peer.streaming == key or (waiting is not None and (waiting.index, waiting.term) == key):
             return  # that snapshot is already on its way
         if peer.snapshot is not None:
-            self._count_drop(peer)  # superseded by a newer one before it started
+            peer.dropped += 1  # superseded by a newer one before it started
         peer.snapshot = message
         peer.snapshot_ready.set()
 
@@ -383,7 +409,7 @@ class PeerTransport:
             self._isolated.update(peers)
         for peer in self._peers.values():
             if self._is_isolated(peer.node):
-                peer.take()
+                peer.take(math.inf)
                 peer.snapshot = None
         log.info("isolated from %s", "every peer" if peers is None else sorted(self._isolated))
 
@@ -401,7 +427,13 @@ class PeerTransport:
     def stats(self) -> dict[str, PeerStats]:
         return {
             node: PeerStats(
-                p.link is not None, len(p.frames), p.queued_bytes, p.sent, p.received, p.dropped
+                p.link is not None,
+                len(p.frames),
+                p.queued_bytes,
+                p.sent,
+                p.received,
+                p.dropped,
+                p.writes,
             )
             for node, p in self._peers.items()
         }
@@ -421,9 +453,11 @@ class PeerTransport:
         ended before ``idle_timeout``, is a failed attempt of the retry policy; a
         connection that lasted longer starts the backoff afresh."""
         hello = Hello("peer", self.identity.cluster, self.node, self.identity.token)
+        # A member is dialled for as long as it is one: no attempt limit.
+        policy = replace(self.settings.retry, max_attempts=None)
         with scope:
             while True:
-                async for attempt in self.settings.retry.retrying(
+                async for attempt in policy.retrying(
                     retry_on=(OSError, HandshakeError, _ShortLink),
                     what=f"connection to peer {peer.node} at {peer.address}",
                     logger=log,
@@ -559,7 +593,7 @@ class PeerTransport:
             while True:
                 if peer.wakeup.is_set():
                     peer.wakeup = anyio.Event()
-                batch = peer.take()
+                batch = peer.take(self.settings.write_batch_bytes)
                 sent = len(batch)
                 with suppress(anyio.WouldBlock):  # at most one chunk per write
                     batch.append(chunks.receive_nowait())
@@ -570,6 +604,7 @@ class PeerTransport:
                         await stream.send_encoded(PING)
                     continue
                 peer.sent += sent  # handed to the connection (lost with it if it breaks)
+                peer.writes += 1
                 await stream.send_encoded(batch[0] if len(batch) == 1 else b"".join(batch))
         except _LINK_ERRORS as exc:
             link.end(f"connection error while sending: {describe_error(exc)}")
@@ -592,16 +627,25 @@ class PeerTransport:
             message, peer.snapshot = peer.snapshot, None
             assert message.snapshot is not None
             peer.streaming = (message.snapshot.meta.index, message.snapshot.meta.term)
-            frames = snapshot_frames(
-                message, next(self._stream_ids), self._source, self.settings.snapshot_chunk
-            )
+            stream_id = next(self._stream_ids)
+            frames = snapshot_frames(message, stream_id, self._source, self.settings.snapshot_chunk)
             try:
                 async with aclosing(frames):
+                    started = False
                     async for frame in frames:
-                        await chunks.send(frame)
-                        peer.wakeup.set()
+                        if self._is_isolated(peer.node):
+                            if started:  # partitioned mid-stream: the peer drops what it has
+                                await self._put(peer, chunks, encode_snapshot_end(stream_id, False))
+                            break
+                        await self._put(peer, chunks, frame)
+                        started = True
             finally:
                 peer.streaming = None
+
+    @staticmethod
+    async def _put(peer: _Peer, chunks: MemoryObjectSendStream[bytes], frame: bytes) -> None:
+        await chunks.send(frame)
+        peer.wakeup.set()
 
 
 def asyncio_backend_options() -> dict[str, object]:

@@ -28,6 +28,7 @@ from coordkit.backends.raft.core.messages import (
     Snapshot,
     SnapshotMeta,
 )
+from coordkit.backends.raft.node.codec import encode_message
 from coordkit.backends.raft.node.transport import (
     ClusterIdentity,
     PeerTransport,
@@ -202,6 +203,27 @@ async def test_a_full_queue_drops_and_counts(caplog: pytest.LogCaptureFixture) -
             assert stats.queued == 2 and stats.queued_bytes <= 4000 and stats.dropped == 16
 
 
+async def test_a_burst_goes_out_in_one_write_up_to_the_batch_size() -> None:
+    message = append("n1", "n2", 1, data=b"x" * 400)
+    frame = len(encode_message(message))
+    settings = TransportSettings(write_batch_bytes=2 * frame)
+    with anyio.fail_after(20):
+        async with start_cluster(["n1", "n2"]) as nodes:
+            await nodes["n1"].transport.wait_connected()
+            for i in range(1, 201):  # no checkpoint in between: one burst
+                nodes["n1"].transport.send(append("n1", "n2", i))
+            await nodes["n2"].inbox.until(lambda ms: len(ms) == 200)
+            stats = nodes["n1"].transport.stats()["n2"]
+            assert (stats.sent, stats.writes) == (200, 1)
+        async with start_cluster(["n1", "n2"], settings=settings) as nodes:
+            await nodes["n1"].transport.wait_connected()
+            for _ in range(10):
+                nodes["n1"].transport.send(message)
+            await nodes["n2"].inbox.until(lambda ms: len(ms) == 10)
+            stats = nodes["n1"].transport.stats()["n2"]
+            assert (stats.sent, stats.writes) == (10, 5)  # two frames fit in a batch
+
+
 class FileSink:
     """A snapshot receiver on real files: chunks go to a temporary file, renamed on commit."""
 
@@ -319,6 +341,41 @@ async def test_a_snapshot_whose_source_fails_is_aborted_and_the_link_stays_up(
             await sink.finished.wait()
             assert sink.committed == [] and sink.aborted == 1
             assert [p async for p in anyio.Path(tmp_path).iterdir()] == []
+            assert n1.transport.stats()["n2"].connected
+            tg.cancel_scope.cancel()
+
+
+async def test_isolation_during_a_snapshot_aborts_it_on_the_receiver(tmp_path: Path) -> None:
+    halfway, resume = anyio.Event(), anyio.Event()
+
+    async def source(meta: SnapshotMeta) -> AsyncIterator[bytes]:
+        for piece in range(8):
+            yield bytes([piece]) * 20_000
+            if piece == 3 and meta.index == 50:
+                halfway.set()
+                await resume.wait()
+
+    sink = FileSink(tmp_path)
+    settings = TransportSettings(snapshot_chunk=16 << 10)
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            n2 = await start_node(tg, "n2", {"n1": NOWHERE}, settings=settings, snapshot_sink=sink)
+            n1 = await start_node(
+                tg, "n1", {"n2": n2.address}, settings=settings, snapshot_source=source
+            )
+            n1.transport.send(snap("n1", "n2", 50))
+            await halfway.wait()
+            n1.transport.isolate(["n2"])
+            resume.set()
+            await sink.finished.wait()
+            assert (sink.aborted, sink.committed, n2.inbox.messages) == (1, [], [])
+            n1.transport.heal()
+            n1.transport.send(snap("n1", "n2", 51))
+            await n2.inbox.until(lambda ms: len(ms) == 1)
+            assert sink.committed == [tmp_path / "snap-51"]
+            assert (tmp_path / "snap-51").read_bytes() == b"".join(
+                bytes([p]) * 20_000 for p in range(8)
+            )
             assert n1.transport.stats()["n2"].connected
             tg.cancel_scope.cancel()
 
