@@ -39,6 +39,8 @@ __all__ = [
     "records_about",
     "start_cluster",
     "start_node",
+    "start_pair",
+    "until_logged",
     "wait_until",
 ]
 
@@ -164,6 +166,19 @@ async def start_cluster(names: Sequence[str], **options: object) -> AsyncIterato
         tg.cancel_scope.cancel()
 
 
+async def start_pair(
+    tg: TaskGroup,
+    *,
+    settings: TransportSettings | None = None,
+    source: SnapshotSource | None = None,
+    sink: SnapshotSink | None = None,
+) -> tuple[Node, Node]:
+    """n1 (with the snapshot ``source``) dialling n2 (with the ``sink``)."""
+    n2 = await start_node(tg, "n2", {"n1": NOWHERE}, settings=settings, snapshot_sink=sink)
+    n1 = await start_node(tg, "n1", {"n2": n2.address}, settings=settings, snapshot_source=source)
+    return n1, n2
+
+
 def append(frm: str, to: str, index: int, data: bytes = b"x", term: int = 1) -> Message:
     """An APP message carrying one entry at ``index`` (the order tests count on it)."""
     entry = Entry(term, index, data=data)
@@ -187,3 +202,28 @@ async def wait_until(condition: Callable[[], bool]) -> None:
     """
     while not condition():  # noqa: ASYNC110 (there is no event to wait for: see above)
         await anyio.sleep(0.005)
+
+
+async def until_logged(records: Sequence[logging.LogRecord], text: str, count: int = 1) -> None:
+    """Wait until ``count`` of the captured ``records`` (pytest's ``caplog.records``)
+    contain ``text``, checking as each record is logged (the caller bounds the wait)."""
+
+    def enough() -> bool:
+        return sum(text in r.getMessage() for r in records) >= count
+
+    arrived = anyio.Event()
+
+    class Watch(logging.Handler):
+        # Added to the root logger after pytest's capture handler, so it runs
+        # after that handler has captured the record.
+        def emit(self, record: logging.LogRecord) -> None:
+            if enough():
+                arrived.set()
+
+    watch = Watch()
+    logging.getLogger().addHandler(watch)
+    try:
+        if not enough():
+            await arrived.wait()
+    finally:
+        logging.getLogger().removeHandler(watch)

@@ -10,7 +10,7 @@ import anyio
 import pytest
 from anyio.streams.tls import TLSAttribute
 from certs import TestPKI
-from peer_nodes import CLUSTER, TOKEN, append, records_about, start_cluster
+from peer_nodes import CLUSTER, TOKEN, append, records_about, start_cluster, until_logged
 
 from coordkit.backends.raft.node.tls import TLSFiles, client_context, server_context
 from coordkit.backends.raft.wire import HandshakeError, HandshakeRefused, Hello, connect
@@ -112,7 +112,7 @@ async def test_a_server_certificate_from_another_ca_is_not_trusted(
                 )
             # The client cut the handshake short: the server cannot know why, and says
             # only that, at INFO (a warning would blame the wrong side).
-            await wait_for_record(caplog, "closed before its hello")
+            await until_logged(caplog.records, "closed before its hello")
             assert not records_about(caplog.records, "")
 
 
@@ -124,7 +124,7 @@ async def test_plain_tcp_to_a_tls_port_is_one_log_line(
         async with start_cluster(["n1"], server_tls=files.server()) as nodes:
             with pytest.raises(HandshakeError):
                 await connect(nodes["n1"].address, Hello("client", CLUSTER))
-            await wait_for_record(caplog, "TLS handshake failed")
+            await until_logged(caplog.records, "TLS handshake failed")
             assert len(records_about(caplog.records, "")) == 1
 
 
@@ -141,29 +141,11 @@ async def test_require_client_cert_refuses_a_client_without_one(
                     Hello("client", CLUSTER),
                     ssl_context=client_context(pki.ca_file),
                 )
-            await wait_for_record(caplog, "peer did not return a certificate")
+            await until_logged(caplog.records, "peer did not return a certificate")
             stream, _ = await connect(
                 nodes["n1"].address, Hello("client", CLUSTER), ssl_context=files.client()
             )
             await stream.aclose()
-
-
-async def wait_for_record(caplog: pytest.LogCaptureFixture, text: str) -> None:
-    """The server logs after the client saw the failure: wait for its line."""
-    arrived = anyio.Event()
-
-    class Watch(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if text in record.getMessage():
-                arrived.set()
-
-    watch = Watch()
-    logging.getLogger("coordkit").addHandler(watch)
-    try:
-        if not [r for r in caplog.records if text in r.getMessage()]:
-            await arrived.wait()
-    finally:
-        logging.getLogger("coordkit").removeHandler(watch)
 
 
 def test_unusable_files_are_one_clear_configuration_error(
