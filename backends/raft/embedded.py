@@ -37,7 +37,8 @@ from coordkit.backend import ConnectOptions
 from coordkit.errors import ConfigurationError, CoordkitError
 from coordkit.retry import RetryPolicy
 
-from .client import Endpoint, RaftBackend
+from .client import RaftBackend
+from .wire import Address
 from .node.config import Address, NodeConfig
 from .node.server import RaftNode
 
@@ -76,8 +77,8 @@ class EmbeddedCluster:
         self._start_lock = threading.Lock()
 
     @property
-    def endpoints(self) -> list[Endpoint]:
-        return [Endpoint(a.host, a.port) for a in self.addresses.values()]
+    def endpoints(self) -> list[Address]:
+        return [Address(a.host, a.port) for a in self.addresses.values()]
 
     # -- lifecycle (called from any thread but the cluster's own) -------------------------
 
@@ -226,7 +227,7 @@ class EmbeddedRaftBackend(RaftBackend):
         retry: RetryPolicy,
     ) -> None:
         self.cluster = cluster_for(name, nodes, data_dir)
-        placeholder = [Endpoint("127.0.0.1", 0)]
+        placeholder = [Address("127.0.0.1", 0)]
         super().__init__(placeholder, options, retry=retry, label="raft+embedded")
 
     async def open(self) -> None:

@@ -15,7 +15,8 @@ from coordkit.backend import Backend, BackendURL, ConnectOptions
 from coordkit.errors import ConfigurationError
 from coordkit.retry import RETRY_OPTIONS, RetryPolicy
 
-from .client import Endpoint, RaftBackend
+from .client import RaftBackend
+from .wire import Address
 
 __all__ = ["embedded_backend", "raft_backend"]
 
@@ -54,7 +55,7 @@ def raft_backend(url: BackendURL, options: ConnectOptions) -> Backend:
     _check_options(url, _CLIENT_OPTIONS)
     if url.path not in ("", "/"):
         raise ConfigurationError(f"raft URLs take no path: {url.raw!r}")
-    endpoints = [Endpoint(host, port) for host, port in url.host_ports(DEFAULT_PORT)]
+    endpoints = [Address(host, port) for host, port in url.host_ports(DEFAULT_PORT)]
     if not endpoints:
         raise ConfigurationError(f"no host:port in {url.raw!r}: raft://host:port,host:port,...")
     ssl_context = None

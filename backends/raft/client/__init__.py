@@ -3,6 +3,5 @@
 from __future__ import annotations
 
 from .backend import RaftBackend
-from .dialer import Endpoint
 
-__all__ = ["Endpoint", "RaftBackend"]
+__all__ = ["RaftBackend"]

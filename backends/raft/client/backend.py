@@ -58,7 +58,8 @@ from ...store import (
 from ..protocol import Op as RequestOp
 from ..protocol import Status as ReplyStatus
 from .connection import Connection, ConnectionBroken, Reply
-from .dialer import Dialer, Endpoint
+from ..wire import Address
+from .dialer import Dialer
 from .watches import ClientWatch
 
 __all__ = ["RaftBackend"]
@@ -88,7 +89,7 @@ class RaftBackend(Backend):
 
     def __init__(
         self,
-        endpoints: Sequence[Endpoint],
+        endpoints: Sequence[Address],
         options: ConnectOptions,
         *,
         ssl_context: ssl.SSLContext | None = None,
@@ -460,7 +461,7 @@ class RaftBackend(Backend):
 
         async def ask(name: str, address: str) -> None:
             try:
-                endpoint = Endpoint.parse(address)
+                endpoint = Address.parse(address)
                 rows.append(await self._dialer.status_of(endpoint))
             except (CoordkitError, OSError, ValueError) as exc:
                 rows.append({"node": name, "address": address, "error": str(exc)})

@@ -75,7 +75,8 @@ class Connection:
         """Read frames until the connection breaks; then fail every waiting request."""
         try:
             while True:
-                header, payload = await self._stream.receive()
+                frame = await self._stream.receive()
+                header, payload = frame.header, frame.payload
                 kind = header.get("t")
                 if kind == "r":
                     number = header.get("i", -1)
@@ -96,7 +97,7 @@ class Connection:
                     raise FrameError(f"unexpected frame type {kind!r} from {self.node}")
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
             self.cause = self.cause or "the node closed the connection"
-        except (OSError, FrameError) as exc:
+        except (OSError, FrameError) as exc:  # FrameError: a malformed frame
             self.cause = self.cause or f"{type(exc).__name__}: {exc}"
         finally:
             self._break()

@@ -13,7 +13,6 @@ import errno
 import logging
 import socket
 import ssl
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -21,27 +20,14 @@ import anyio
 from coordkit.errors import ConnectionLostError
 from coordkit.retry import RetryPolicy
 
-from ..protocol import PROTOCOL_VERSION
 from ..protocol import Op as RequestOp
-from ..wire import FrameError, FrameStream, HandshakeRefused, connect_frames
+from ..wire import Address, FrameError, FrameStream, HandshakeError, Hello, connect
 
-__all__ = ["Dialer", "Endpoint"]
+__all__ = ["Dialer"]
+
+_HELLO = Hello("client", None)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @classmethod
-    def parse(cls, text: str) -> Endpoint:
-        host, _, port = text.rpartition(":")
-        return cls(host.strip("[]"), int(port))
 
 
 class _NoLeaderYet(Exception):
@@ -51,7 +37,7 @@ class _NoLeaderYet(Exception):
 class Dialer:
     def __init__(
         self,
-        endpoints: list[Endpoint],
+        endpoints: list[Address],
         *,
         ssl_context: ssl.SSLContext | None,
         connect_timeout: float,
@@ -61,12 +47,12 @@ class Dialer:
         self._ssl = ssl_context
         self._timeout = connect_timeout
         self._retry = retry
-        self._leader: Endpoint | None = None
+        self._leader: Address | None = None
 
     def hint_leader(self, address: object) -> None:
         if isinstance(address, str) and address:
             try:
-                self._leader = Endpoint.parse(address)
+                self._leader = Address.parse(address)
             except ValueError:
                 log.debug("ignoring a malformed leader address %r", address)
 
@@ -103,7 +89,7 @@ class Dialer:
         order = list(self.endpoints)
         if self._leader is not None:
             order = [self._leader, *[e for e in order if e != self._leader]]
-        seen: set[Endpoint] = set()
+        seen: set[Address] = set()
         queue = list(order)
         no_leader = False
         while queue:
@@ -112,20 +98,16 @@ class Dialer:
                 continue
             seen.add(endpoint)
             try:
-                stream = await connect_frames(
-                    endpoint.host,
-                    endpoint.port,
-                    hello={"role": "client", "v": PROTOCOL_VERSION},
-                    ssl_context=self._ssl,
-                    timeout=min(self._timeout, 2.0),
+                stream, _ = await connect(
+                    endpoint, _HELLO, ssl_context=self._ssl, timeout=min(self._timeout, 2.0)
                 )
-            except (OSError, TimeoutError, FrameError, HandshakeRefused, ssl.SSLError) as exc:
+            except (OSError, HandshakeError, ssl.SSLError) as exc:
                 causes[str(endpoint)] = describe_connect_error(exc)
                 continue
             try:
                 with anyio.fail_after(min(self._timeout, 2.0)):
-                    await stream.send({"t": "q", "i": 0, "op": RequestOp.STATUS}, b"")
-                    header, _ = await stream.receive()
+                    await stream.send({"t": "q", "i": 0, "op": RequestOp.STATUS})
+                    header = (await stream.receive()).header
             except (OSError, TimeoutError, FrameError, anyio.EndOfStream) as exc:
                 causes[str(endpoint)] = describe_connect_error(exc)
                 await _close(stream)
@@ -139,7 +121,7 @@ class Dialer:
             await _close(stream)
             hint = info.get("leader_addr")
             if isinstance(hint, str) and hint:
-                leader = Endpoint.parse(hint)
+                leader = Address.parse(hint)
                 causes[str(endpoint)] = f"{node} is a follower of {info.get('leader')}"
                 queue.insert(0, leader)
             else:
@@ -150,22 +132,18 @@ class Dialer:
         raise ConnectionLostError("no endpoint reachable")
 
 
-    async def status_of(self, endpoint: Endpoint) -> dict[str, Any]:
+    async def status_of(self, endpoint: Address) -> dict[str, Any]:
         """What one node says of itself (its ``status``), over a connection of its own."""
         try:
-            stream = await connect_frames(
-                endpoint.host,
-                endpoint.port,
-                hello={"role": "client", "v": PROTOCOL_VERSION},
-                ssl_context=self._ssl,
-                timeout=min(self._timeout, 2.0),
+            stream, _ = await connect(
+                endpoint, _HELLO, ssl_context=self._ssl, timeout=min(self._timeout, 2.0)
             )
-        except (OSError, TimeoutError, FrameError, HandshakeRefused, ssl.SSLError) as exc:
+        except (OSError, HandshakeError, ssl.SSLError) as exc:
             raise ConnectionLostError(f"{endpoint}: {describe_connect_error(exc)}") from exc
         try:
             with anyio.fail_after(min(self._timeout, 2.0)):
-                await stream.send({"t": "q", "i": 0, "op": RequestOp.STATUS}, b"")
-                header, _ = await stream.receive()
+                await stream.send({"t": "q", "i": 0, "op": RequestOp.STATUS})
+                header = (await stream.receive()).header
         except (OSError, TimeoutError, FrameError, anyio.EndOfStream) as exc:
             raise ConnectionLostError(f"{endpoint}: {describe_connect_error(exc)}") from exc
         finally:
@@ -187,8 +165,8 @@ def describe_connect_error(exc: BaseException) -> str:
         return "timed out"
     if isinstance(exc, socket.gaierror):
         return "name not resolved"
-    if isinstance(exc, HandshakeRefused):
-        return f"refused the handshake: {exc}"
+    if isinstance(exc, HandshakeError):
+        return str(exc)
     if isinstance(exc, ConnectionRefusedError) or getattr(exc, "errno", None) == errno.ECONNREFUSED:
         return "connection refused"
     if isinstance(exc, OSError) and exc.__class__.__name__ == "OSError" and exc.args:

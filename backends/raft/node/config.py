@@ -14,28 +14,22 @@ from pathlib import Path
 
 from coordkit.errors import ConfigurationError
 
+from ..wire import Address
+
 __all__ = ["Address", "NodeConfig", "parse_address", "parse_peers"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
-@dataclass(frozen=True, slots=True)
-class Address:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
 def parse_address(text: str, *, what: str = "address") -> Address:
-    """``host:port`` (IPv6 hosts in brackets) -> Address; ConfigurationError if malformed."""
-    host, sep, port = text.strip().rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigurationError(f"bad {what} {text!r}: expected host:port")
-    return Address(host, int(port))
+    """``host:port`` (IPv6 hosts in brackets) -> Address; ConfigurationError naming ``what``."""
+    try:
+        address = Address.parse(text.strip())
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"bad {what} {text!r}: {exc}") from None
+    if address.port == 0 and what != "--listen":
+        raise ConfigurationError(f"bad {what} {text!r}: port 0")
+    return address
 
 
 def check_name(name: str) -> str:

@@ -27,6 +27,7 @@ FILE = "members.json"
 class AddressBook:
     def __init__(self, initial: Mapping[str, Address]) -> None:
         self._addresses: dict[str, Address] = dict(initial)
+        self._given = frozenset(initial)
 
     def get(self, name: str) -> Address | None:
         return self._addresses.get(name)
@@ -44,7 +45,11 @@ class AddressBook:
         return {n: a for n, a in sorted(self._addresses.items()) if n != name}
 
     def load(self, data_dir: Path) -> None:
-        """Merge the saved book (what the log taught us before a restart) over ``--peers``."""
+        """Add what the log taught us before a restart: members that ``--peers`` does not name.
+
+        ``--peers`` wins for the members it names (the operator's word is newer).
+        Blocking (a small file read once at start, before the node serves).
+        """
         path = data_dir / FILE
         try:
             saved = json.loads(path.read_text())
@@ -54,13 +59,15 @@ class AddressBook:
             log.warning("ignoring unreadable %s: %s", path, exc)
             return
         for name, text in saved.items():
+            if name in self._given:
+                continue
             try:
                 self._addresses[name] = parse_address(text)
             except ValueError as exc:
                 log.warning("ignoring member %r in %s: %s", name, path, exc)
 
     def save(self, data_dir: Path) -> None:
-        """Write the book atomically (temp file, fsync, rename)."""
+        """Write the book atomically (temp file, fsync, rename). Blocking: run it in a thread."""
         path = data_dir / FILE
         temp = path.with_suffix(".tmp")
         text = json.dumps({n: str(a) for n, a in sorted(self._addresses.items())})

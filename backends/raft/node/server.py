@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -67,14 +68,16 @@ from ..core import (
     SnapshotMeta,
     SoftState,
 )
-from .config import Address, NodeConfig, parse_address
+from ..wire import Address
+from .config import NodeConfig, parse_address
 from .datadir import DataDir
 from .files import OS_FILES, FileSystem
 from .members import AddressBook
 from .requests import AppliedIndex, Outcome, Proposals, ReadRounds
 from .sessions import SessionTracker
-from .snapshots import SnapshotStore
-from .transport import PeerTransport, serve
+from .snapshots import SnapshotReceiver, SnapshotStore
+from .tls import client_context, server_context
+from .transport import ClusterIdentity, PeerTransport, serve
 from .wal import WriteAheadLog, WriteRequest
 from .watches import WatchHub
 
@@ -134,6 +137,7 @@ class RaftNode:
         self._reads = ReadRounds(config.name.encode() + b"/" + os.urandom(8) + b"/")
         self.members = AddressBook(config.peers)
         self._wake = anyio.Event()
+        self._members_lock = anyio.Lock()
         self._tg: TaskGroup | None = None
         self._snapshotting: _Snapshotting | None = None
         self._last_snapshot_index = 0
@@ -149,7 +153,7 @@ class RaftNode:
 
     async def run(self, *, task_status: TaskStatus[RaftNode] = anyio.TASK_STATUS_IGNORED) -> None:
         """Recover from the data directory, then serve until cancelled."""
-        datadir = DataDir.open(
+        datadir = await DataDir.open(
             self.config.data_dir,
             cluster_id=self.config.cluster_id,
             node_id=self.name,
@@ -157,13 +161,11 @@ class RaftNode:
         )
         try:
             await self._recover(datadir)
-            async with anyio.create_task_group() as tg:
+            self.transport = self._make_transport()
+            async with self.wal.writer(), self.transport, anyio.create_task_group() as tg:
                 self._tg = tg
-                self.transport = self._make_transport()
-                listener = await tg.start(self._serve)
-                self.port = listener
-                tg.start_soon(self.transport.run)
-                tg.start_soon(self.wal.run_writer)
+                bound: Address = await tg.start(self._serve)
+                self.port = bound.port
                 tg.start_soon(self._ready_loop)
                 tg.start_soon(self._tick_loop)
                 log.info(
@@ -179,13 +181,17 @@ class RaftNode:
             with anyio.CancelScope(shield=True):
                 self._proposals.fail_all("the node is shutting down")
                 self._reads.fail_all("the node is shutting down")
-                datadir.close()
+                if hasattr(self, "wal"):
+                    await self.wal.close()
+                await datadir.close()
                 log.info("%s stopped", self.name)
 
     async def _recover(self, datadir: DataDir) -> None:
         initial = None if self.config.join else ConfState.of(self.config.peers)
-        self.snapshots = SnapshotStore(datadir.snap_dir, fs=self._fs)
-        self.wal = await WriteAheadLog.open(datadir.wal_dir, fs=self._fs, initial_conf=initial)
+        self.snapshots = await SnapshotStore.open(datadir.snap_dir, fs=self._fs)
+        self.wal = await WriteAheadLog.open(
+            datadir.wal_dir, snapshots=self.snapshots, fs=self._fs, initial_conf=initial
+        )
         snapshot = self.wal.snapshot()
         if snapshot.meta.index > 0:
             started = self._clock()
@@ -217,44 +223,45 @@ class RaftNode:
             async_storage_writes=True,
         )
 
+    @property
+    def identity(self) -> ClusterIdentity:
+        return ClusterIdentity(self.config.cluster_id, self.name, self.config.cluster_token)
+
     def _make_transport(self) -> PeerTransport:
         return PeerTransport(
-            node_id=self.name,
-            cluster_id=self.config.cluster_id,
-            token=self.config.cluster_token,
-            peers={n: str(a) for n, a in self.members.peers_of(self.name).items()},
-            deliver=self._deliver,
-            snapshot_source=self.snapshots.read,
-            snapshot_sink=self.snapshots.begin_receive,
+            self.identity,
+            self.members.all(),
+            self._deliver,
             ssl_context=self._peer_ssl(),
+            snapshot_source=self.snapshots.read,
+            snapshot_sink=self._receive_snapshot,
         )
 
-    def _peer_ssl(self) -> Any:
-        if not self.config.tls:
+    async def _receive_snapshot(self, meta: SnapshotMeta) -> SnapshotReceiver:
+        return self.snapshots.begin_receive(meta)
+
+    def _peer_ssl(self) -> ssl.SSLContext | None:
+        config = self.config
+        if config.tls_cert is None:
             return None
-        from .tls import client_context
+        return client_context(config.tls_ca, cert=config.tls_cert, key=config.tls_key)
 
-        return client_context(self.config.tls_cert, self.config.tls_key, self.config.tls_ca)
-
-    async def _serve(self, *, task_status: TaskStatus[int]) -> None:
+    async def _serve(self, *, task_status: TaskStatus[Address]) -> None:
         from .service import ClientService
 
-        service = ClientService(self)
+        config = self.config
+        context = None
+        if config.tls_cert is not None and config.tls_key is not None:
+            context = server_context(config.tls_cert, config.tls_key, config.tls_ca)
         await serve(
-            self.config.listen.host,
-            self.config.listen.port,
-            ssl_context=self._server_ssl(),
-            transport=self.transport,
-            on_client=service.handle,
+            config.listen,
+            self.identity,
+            check_peer=self.transport.check_peer,
+            on_peer=self.transport.accept,
+            on_client=ClientService(self).handle,
+            ssl_context=context,
             task_status=task_status,
         )
-
-    def _server_ssl(self) -> Any:
-        if not self.config.tls:
-            return None
-        from .tls import server_context
-
-        return server_context(self.config.tls_cert, self.config.tls_key, self.config.tls_ca)
 
     # -- the loops --------------------------------------------------------------------------
 
@@ -284,23 +291,16 @@ class RaftNode:
             await self._wake.wait()
             self._wake = anyio.Event()
             while self.core.has_ready():
+                await self.wal.wait_writable()  # never meet a full WAL queue
                 rd = self.core.ready()
                 await self._handle_ready(rd)
 
     async def _handle_ready(self, rd: Ready) -> None:
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state)
-        if rd.messages:
-            self.transport.send(rd.messages)
-        self.wal.submit(
-            WriteRequest(
-                snapshot=rd.snapshot.meta if rd.snapshot is not None else None,
-                entries=rd.entries,
-                hard_state=rd.hard_state,
-                sync=rd.must_sync,
-            ),
-            on_durable=partial(self._on_durable, rd),
-        )
+        for message in rd.messages:
+            self.transport.send(message)
+        self.wal.submit(WriteRequest.from_ready(rd), partial(self._on_durable, rd))
         if rd.snapshot is not None:
             await self._install_snapshot(rd.snapshot.meta)
         for entry in rd.committed_entries:
@@ -316,8 +316,8 @@ class RaftNode:
     def _on_durable(self, rd: Ready) -> None:
         """The WAL made ``rd`` durable (called in Ready order, on this event loop)."""
         self.core.persisted(rd)
-        if rd.persisted_messages:
-            self.transport.send(rd.persisted_messages)
+        for message in rd.persisted_messages:
+            self.transport.send(message)
         self.wake()
 
     def _deliver(self, message: Message) -> None:
@@ -336,7 +336,7 @@ class RaftNode:
         was_leader = self.sessions.active
         if soft.role is Role.LEADER and not was_leader:
             log.info("%s became leader (term %d)", self.name, self.core.term)
-            self.sessions.take_office(self.store.session_ttls())
+            self.sessions.take_office(self.store.session_ttls().items())
         elif soft.role is not Role.LEADER and was_leader:
             log.info(
                 "%s is no longer leader (term %d, now %s; leader %s)",
@@ -414,8 +414,9 @@ class RaftNode:
                 self.members.set(change.node, address)
         if change.type is ConfChangeType.REMOVE_NODE:
             self.members.remove(change.node)
-        self.members.save(self.config.data_dir)
-        self.transport.set_peers({n: str(a) for n, a in self.members.peers_of(self.name).items()})
+        assert self._tg is not None
+        self._tg.start_soon(self._save_members)
+        self.transport.set_peers(self.members.all())
         log.info(
             "%s: membership %s %s -> voters %s, learners %s",
             self.name,
@@ -424,6 +425,10 @@ class RaftNode:
             ", ".join(change.result.voters),
             ", ".join(change.result.learners) or "none",
         )
+
+    async def _save_members(self) -> None:
+        async with self._members_lock:  # one write at a time, the latest book last
+            await anyio.to_thread.run_sync(self.members.save, self.config.data_dir)
 
     # -- proposing --------------------------------------------------------------------------------
 
@@ -537,7 +542,7 @@ class RaftNode:
             await self.snapshots.write(meta, stream())
             self.core.compact(index, b"", retain=self.config.snapshot_retain)
             self._last_snapshot_index = index
-            await self.snapshots.prune(keep=2)
+            await self.snapshots.prune(keep=2, in_use=self.wal.snapshot().meta)
             log.info(
                 "%s: snapshot at index %d written in %.2f s",
                 self.name,

@@ -16,6 +16,7 @@ connection. Neither ever affects the node.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,7 @@ from ...store import (
     encode_result,
 )
 from ..protocol import Op, Status, encode_events
-from ..wire import Frame, FrameError, FrameStream, encode_frame
+from ..wire import Frame, FrameError, FrameStream, Hello, encode_frame
 from .config import parse_address
 from .server import NotLeader, Refused
 from .watches import Watcher, replay
@@ -60,9 +61,10 @@ class ClientService:
     def __init__(self, node: RaftNode) -> None:
         self.node = node
         self.connections: set[ClientConnection] = set()
+        self._numbers = itertools.count(1)
 
-    async def handle(self, stream: FrameStream, remote: str) -> None:
-        conn = ClientConnection(self.node, stream, remote)
+    async def handle(self, stream: FrameStream, hello: Hello) -> None:
+        conn = ClientConnection(self.node, stream, f"client #{next(self._numbers)}")
         self.connections.add(conn)
         try:
             await conn.run()
