@@ -14,7 +14,8 @@ from sim.invariants import SafetyChecker, SafetyViolation
 from sim.linearizability import Operation, check_history, check_key
 from sim.schedule import run_schedule
 
-from coordkit.backends.raft.core.messages import Entry
+from coordkit.backends.raft.core.messages import ConfState, Entry, Role
+from coordkit.backends.raft.core.storage import MemoryStorage
 
 INF = float("inf")
 
@@ -176,3 +177,23 @@ def test_a_seed_replays_exactly_across_processes_and_hash_seeds() -> None:
         )
         outs.add(proc.stdout.strip())
     assert outs == {run_schedule(7).fingerprint}
+
+
+class _StubLeader:
+    role = Role.LEADER
+    term = 2
+    commit_index = 1
+    conf = ConfState.of(["a", "b", "c"])
+    log = _StubLog({1: 2})
+
+
+def test_safety_checker_rejects_a_commit_not_durable_on_a_quorum() -> None:
+    disks = {n: MemoryStorage(ConfState.of(["a", "b", "c"])) for n in "abc"}
+    disks["a"].append([Entry(2, 1)])
+    checker = SafetyChecker()
+    with pytest.raises(SafetyViolation, match="durable commitment"):
+        checker.on_commit("a", _StubLeader(), disks)  # type: ignore[arg-type]
+    disks["c"].append([Entry(2, 1)])
+    checker = SafetyChecker()
+    checker.on_commit("a", _StubLeader(), disks)  # type: ignore[arg-type]
+    assert checker.durable_checked == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from sim.cluster import Cluster
+from sim.direct import DirectCluster
 from sim.linearizability import check_history
 from sim.network import NetConfig
 
@@ -167,3 +168,41 @@ def test_uncommitted_log_is_capped_without_a_quorum() -> None:
         for _ in range(100):
             core.propose(b"x" * 100)
     assert core.log.last_index() < 15
+
+
+def test_a_batch_is_appended_contiguously_in_one_go_and_commits_in_order() -> None:
+    c = DirectCluster(3, RaftConfig(pre_vote=False, check_quorum=False, max_size_per_msg=0))
+    c.campaign("s1")
+    s1 = c.core("s1")
+    first = s1.propose([b"a", b"b", b"c"])
+    assert first == 2 and s1.log.last_index() == 4
+    c.deliver(c.handle("s1"))
+    assert c.core("s1").propose(b"d") == 5  # a single command still works
+    c.deliver(c.handle("s1"))
+    for nid in c.ids:
+        assert [c.applied[nid][i].data for i in range(2, 6)] == [b"a", b"b", b"c", b"d"]
+
+
+def test_a_batch_over_the_uncommitted_cap_is_refused_whole() -> None:
+    cfg = RaftConfig(pre_vote=False, check_quorum=False, max_uncommitted_size=250)
+    c = DirectCluster(3, cfg)
+    c.campaign("s1")
+    s1 = c.core("s1")
+    s1.propose(b"x" * 100)  # never delivered: stays uncommitted
+    last = s1.log.last_index()
+    with pytest.raises(ProposalDroppedError):
+        s1.propose([b"y" * 100, b"z" * 100])  # 300 > 250: not even the first goes in
+    assert s1.log.last_index() == last
+    assert s1.propose([b"y" * 50, b"z" * 50]) == last + 1  # 200 fits
+
+
+def test_a_malformed_batch_is_refused_and_changes_nothing() -> None:
+    c = DirectCluster(3, RaftConfig(pre_vote=False, check_quorum=False))
+    c.campaign("s1")
+    s1 = c.core("s1")
+    last = s1.log.last_index()
+    with pytest.raises(ValueError, match="at least one"):
+        s1.propose([])
+    with pytest.raises(TypeError, match="must be bytes"):
+        s1.propose([b"ok", "text"])  # type: ignore[list-item]
+    assert s1.log.last_index() == last

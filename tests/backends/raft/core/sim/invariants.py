@@ -15,12 +15,17 @@ once, so a violation stops the run at the step that caused it.
 - Durability: a restarted node's disk agrees with every committed entry it
   claims committed; committed entries are never lost (a later leader lacking
   one violates leader completeness).
+- Durable commitment: whenever a leader's commit index advances, every newly
+  committed entry is already on the disks of a majority of the voters it
+  counted (what a crash of every node at that instant would leave).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from coordkit.backends.raft.core import RaftCore
-from coordkit.backends.raft.core.messages import Entry, EntryType, Snapshot
+from coordkit.backends.raft.core.messages import Entry, EntryType, Role, Snapshot
 from coordkit.backends.raft.core.storage import MemoryStorage
 
 
@@ -36,16 +41,19 @@ class SafetyChecker:
         self.committed: dict[int, Entry] = {}
         # index -> a term no earlier than the one in which it was committed
         self.commit_term: dict[int, int] = {}
+        # Every index up to this one was checked durable on a quorum when committed.
+        self.durable_checked = 0
         self.violations = 0
 
     def fail(self, what: str) -> None:
         self.violations += 1
         raise SafetyViolation(what)
 
-    def on_persist(self, node: str, core: RaftCore, entries: tuple[Entry, ...]) -> None:
+    def on_persist(self, node: str, prev_term: int | None, entries: tuple[Entry, ...]) -> None:
+        """``node`` made ``entries`` durable; ``prev_term`` is the term of the entry
+        before them when they were handed out (None if unknown)."""
         if not entries:
             return
-        prev_term = core.log.term(entries[0].index - 1)
         prev = -1 if prev_term is None else prev_term
         for e in entries:
             key = (e.index, e.term)
@@ -59,6 +67,24 @@ class SafetyChecker:
                     f"term {e.term} (or a different predecessor)"
                 )
             prev = e.term
+
+    def on_commit(self, node: str, core: RaftCore, disks: Mapping[str, MemoryStorage]) -> None:
+        """Called after every step of ``node``: a leader's new commits are durable on a quorum."""
+        if core.role is not Role.LEADER or core.commit_index <= self.durable_checked:
+            return
+        voters = core.conf.voters
+        for index in range(self.durable_checked + 1, core.commit_index + 1):
+            term = core.log.term(index)
+            if term is None:
+                continue  # compacted: it was checked when it was committed
+            held = [v for v in voters if _holds(disks[v], index, term)]
+            if len(held) <= len(voters) // 2:
+                self.fail(
+                    f"durable commitment: {node}, leader of term {core.term}, committed entry "
+                    f"{index} (term {term}) but only {held} of voters {list(voters)} have it "
+                    "on disk"
+                )
+        self.durable_checked = core.commit_index
 
     def on_leader(self, node: str, term: int, core: RaftCore) -> None:
         holder = self.leaders.get(term)
@@ -119,3 +145,12 @@ class SafetyChecker:
                 )
         if commit > disk.last_index() and commit > disk.snapshot().meta.index:
             self.fail(f"durability: {node}'s commit index {commit} is past its durable log")
+
+
+def _holds(disk: MemoryStorage, index: int, term: int) -> bool:
+    """Whether ``disk`` durably holds entry ``index`` of ``term`` (or a snapshot covering it)."""
+    if index <= disk.snapshot().meta.index:
+        return True
+    if index < disk.first_index() or index > disk.last_index():
+        return False
+    return disk.term(index) == term

@@ -11,6 +11,7 @@ and the client history must be linearizable.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ from .linearizability import check_history
 from .network import NetConfig
 
 REPLAY = (
-    "COORDKIT_RAFT_SEED={seed} .venv/bin/python -m pytest tests/backends/raft/test_raft_soak.py -q"
+    "COORDKIT_RAFT_SEED={seed} .venv/bin/python -m pytest "
+    "tests/backends/raft/core/test_raft_soak.py -q"
 )
 
 
@@ -69,17 +71,23 @@ def run_schedule(seed: int, duration_ms: int | None = None) -> ScheduleResult:
         duration_ms = rng.randint(600, 2000)
     n = rng.choice([3, 3, 5])
     spares = 1 if rng.random() < 0.25 else 0
+    config = random_config(rng)
+    # Some schedules write asynchronously: slow disks, several writes in flight,
+    # a crash loses every write not yet durable.
+    if rng.random() < 0.3:
+        config = dataclasses.replace(config, async_storage_writes=True)
     cluster = Cluster(
         n,
         seed=seed,
         rng=rng,
         spares=spares,
-        config=random_config(rng),
+        config=config,
         net=_random_net(rng),
         tick_ms=[rng.randint(7, 14) for _ in range(n + spares)],
         crash_mid_ready=rng.choice([0.0, 0.002, 0.01]),
         snapshot_every=rng.choice([0, 4, 16]),
         snapshot_retain=rng.choice([0, 2]),
+        write_delay_ms=rng.choice([(0, 3), (1, 10), (2, 30)]),
     )
     ids = list(cluster.nodes)
     faults = 0
