@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from sim.cluster import Cluster
 from sim.direct import DirectCluster
 from sim.linearizability import check_history
 from sim.network import NetConfig
 
+from coordkit.backends.raft.core import ConfState, MemoryStorage, RaftCore
 from coordkit.backends.raft.core.config import RaftConfig
 from coordkit.backends.raft.core.errors import ProposalDroppedError
-from coordkit.backends.raft.core.messages import MessageType, Role
+from coordkit.backends.raft.core.messages import Entry, Message, MessageType, Role
 
 
 def test_basic_agreement() -> None:
@@ -206,3 +209,32 @@ def test_a_malformed_batch_is_refused_and_changes_nothing() -> None:
     with pytest.raises(TypeError, match="must be bytes"):
         s1.propose([b"ok", "text"])  # type: ignore[list-item]
     assert s1.log.last_index() == last
+
+
+def test_a_follower_commits_only_up_to_the_last_entry_the_leader_sent() -> None:
+    """Figure 2, AppendEntries step 5: commit min(leaderCommit, index of last new entry).
+
+    b holds entries 1-2 of term 1 and a stale entry 3 of term 2 that a's log
+    does not have. a, leading term 3 with commit index 3, sends an append whose
+    entries (just entry 2) all match but stop before the stale one: b may
+    commit up to 2 only. Committing up to its own last index would commit the
+    stale entry 3, which a's next append must then overwrite.
+    """
+    disk = MemoryStorage(ConfState.of(["a", "b", "c"]))
+    b = RaftCore("b", disk, RaftConfig(), random.Random(1))
+    ones = (Entry(1, 1), Entry(1, 2, data=b"two"))
+    b.step(Message(MessageType.APP, "a", "b", term=1, entries=ones))
+    stale = (Entry(2, 3, data=b"stale"),)
+    b.step(Message(MessageType.APP, "c", "b", term=2, index=2, log_term=1, entries=stale))
+    b.step(
+        Message(MessageType.APP, "a", "b", term=3, index=1, log_term=1, entries=ones[1:], commit=3)
+    )
+    assert b.commit_index == 2
+    rd = b.ready()
+    assert [e.index for e in rd.committed_entries] == [1, 2]
+    disk.append(rd.entries)
+    b.advance(rd)
+    fresh = (Entry(3, 3, data=b"fresh"),)
+    b.step(Message(MessageType.APP, "a", "b", term=3, index=2, log_term=1, entries=fresh, commit=3))
+    assert b.commit_index == 3
+    assert b.ready().committed_entries == fresh
