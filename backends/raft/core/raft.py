@@ -269,11 +269,21 @@ class RaftCore(ReadyCycle):
             else:
                 self._become_follower(m.term, None)
         elif m.term < self.term:
-            if (self.cfg.check_quorum or self.cfg.pre_vote) and m.type in (MT.APP, MT.HEARTBEAT):
-                # A stale leader: tell it our term so it steps down.
+            if m.type in (MT.APP, MT.HEARTBEAT):
+                # A stale leader: tell it our term so it steps down (Figure 3.1:
+                # reply false). Always, not only with pre-vote or check-quorum as
+                # in etcd: a node that was removed, then re-added while its term
+                # moved on, never campaigns again (it believes itself removed),
+                # so nothing else would ever tell the stale leader, and without
+                # check-quorum it would lead a configuration it cannot commit in.
                 self._send(Message(MT.APP_RESP, self.id, m.frm, self.term))
-            elif m.type is MT.PRE_VOTE:
-                self._send(Message(MT.PRE_VOTE_RESP, self.id, m.frm, self.term, reject=True))
+            elif m.type is MT.PRE_VOTE or m.type is MT.VOTE:
+                # Reject with our term so the candidate catches up (Figure 3.1).
+                # A candidate whose configuration needs us, while our stale
+                # configuration has us campaigning among nodes that will never
+                # elect us, would otherwise trail our term for ever.
+                resp = MT.PRE_VOTE_RESP if m.type is MT.PRE_VOTE else MT.VOTE_RESP
+                self._send(Message(resp, self.id, m.frm, self.term, reject=True))
             return
         if m.type is MT.VOTE or m.type is MT.PRE_VOTE:
             self._handle_vote_request(m)

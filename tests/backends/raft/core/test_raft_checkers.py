@@ -137,6 +137,9 @@ class _StubLog:
     def term(self, index: int) -> int | None:
         return self.terms.get(index)
 
+    def slice(self, lo: int, hi: int) -> list[Entry]:
+        return [Entry(self.terms[i], i) for i in range(lo, hi)]
+
 
 class _StubCore:
     def __init__(self, term: int, terms: dict[int, int]) -> None:
@@ -192,8 +195,37 @@ def test_safety_checker_rejects_a_commit_not_durable_on_a_quorum() -> None:
     disks["a"].append([Entry(2, 1)])
     checker = SafetyChecker()
     with pytest.raises(SafetyViolation, match="durable commitment"):
-        checker.on_commit("a", _StubLeader(), disks)  # type: ignore[arg-type]
+        checker.on_commit("a", _StubLeader(), disks, {})  # type: ignore[arg-type]
     disks["c"].append([Entry(2, 1)])
     checker = SafetyChecker()
-    checker.on_commit("a", _StubLeader(), disks)  # type: ignore[arg-type]
+    checker.on_commit("a", _StubLeader(), disks, {})  # type: ignore[arg-type]
     assert checker.durable_checked == 1
+
+
+class _StubFigure8Leader:
+    """s1 leading term 4 of Figure 8: it holds entry 2 of term 2, maybe its no-op at 3."""
+
+    role = Role.LEADER
+    term = 4
+    conf = ConfState.of(["a", "b", "c"])
+
+    def __init__(self, terms: dict[int, int]) -> None:
+        self.log = _StubLog(terms)
+        self.commit_index = max(terms)
+
+
+def test_safety_checker_rejects_a_commit_that_a_later_leader_could_overwrite() -> None:
+    disks = {n: MemoryStorage(ConfState.of(["a", "b", "c"])) for n in "abc"}
+    for n in "ab":
+        disks[n].append([Entry(1, 1), Entry(2, 2)])
+    disks["c"].append([Entry(1, 1), Entry(3, 2)])  # c's entry 2 is of a later term
+    # Entry 2 (term 2) is on a majority, but c (last term 3) could still win
+    # a's and b's votes and overwrite it: committing it by counting is unsafe.
+    with pytest.raises(SafetyViolation, match=r"commit safety: a.*c lacks it"):
+        SafetyChecker().on_commit("a", _StubFigure8Leader({1: 1, 2: 2}), disks, {})  # type: ignore[arg-type]
+    # Once a's no-op of term 4 is on a majority, c can no longer win: safe.
+    for n in "ab":
+        disks[n].append([Entry(4, 3)])
+    checker = SafetyChecker()
+    checker.on_commit("a", _StubFigure8Leader({1: 1, 2: 2, 3: 4}), disks, {})  # type: ignore[arg-type]
+    assert checker.durable_checked == 3

@@ -113,6 +113,8 @@ class Cluster:
         voters = ConfState.of(ids[:n])
         ticks = tick_ms if isinstance(tick_ms, list) else [tick_ms] * len(ids)
         self.nodes: dict[str, SimNode] = {}
+        # The live cores, by node (None while down), for the checker.
+        self.cores: dict[str, RaftCore | None] = {}
         for i, nid in enumerate(ids):
             # Spares start with an empty configuration: they wait to be added.
             disk = MemoryStorage(voters if i < n else ConfState())
@@ -184,6 +186,7 @@ class Cluster:
     def _start(self, node: SimNode) -> None:
         node.incarnation += 1
         node.core = RaftCore(node.id, node.disk, self.config, self.rng)
+        self.cores[node.id] = node.core
         snap = node.disk.snapshot()
         node.kv = KVStore.restore(snap.data)
         node.kv_index = snap.meta.index
@@ -196,6 +199,7 @@ class Cluster:
         if node.core is None:
             return
         node.core = None
+        self.cores[nid] = None
         node.kv = None
         node.waiting_reads = []
         node.writes.clear()  # not yet durable: lost
@@ -222,7 +226,7 @@ class Cluster:
     def _process(self, node: SimNode) -> None:
         core = node.core
         if core is not None:
-            self.checker.on_commit(node.id, core, self.disks)
+            self.checker.on_commit(node.id, core, self.disks, self.cores)
         # The loop stops if the node crashed meanwhile (a fault hook may crash it).
         while core is not None and node.core is core and core.has_ready():
             rd = core.ready()
@@ -265,7 +269,7 @@ class Cluster:
             if node.waiting_reads:
                 self._serve_reads(node)
             core.advance(rd)
-            self.checker.on_commit(node.id, core, self.disks)
+            self.checker.on_commit(node.id, core, self.disks, self.cores)
             if core.role is Role.LEADER:
                 self.checker.on_leader(node.id, core.term, core)
                 new = rd.soft_state is not None and rd.soft_state.role is Role.LEADER
@@ -295,7 +299,7 @@ class Cluster:
                 break
             node.writes.popleft()
             self._write(node, core, rd, prev_term)
-            if crash_after:
+            if crash_after and self.crash_mid_ready:  # (faults may have been healed since)
                 self.crash(node.id)  # durable, but persisted() never heard of it
                 return
             core.persisted(rd)

@@ -61,7 +61,7 @@ class DirectCluster:
         core = self.cores[nid]
         out: list[Message] = []
         if core is not None:
-            self.checker.on_commit(nid, core, self.disks)
+            self.checker.on_commit(nid, core, self.disks, self.cores)
         while core is not None and core.has_ready():
             rd = core.ready()
             disk = self.disks[nid]
@@ -80,7 +80,7 @@ class DirectCluster:
                 self.checker.on_apply(nid, core.term, e, leaders)
                 self.applied[nid][e.index] = e
             core.advance(rd)
-            self.checker.on_commit(nid, core, self.disks)
+            self.checker.on_commit(nid, core, self.disks, self.cores)
             if core.role is Role.LEADER:
                 self.checker.on_leader(nid, core.term, core)
         return out
