@@ -54,6 +54,7 @@ class _Handout:
 class ReadyCycle(LeaderRole):
     """Ready / advance / persisted for RaftCore; holds no state of its own."""
 
+    vote: str | None
     _prev_soft: SoftState
     _prev_hard: HardState
     _in_ready: Ready | None
@@ -75,18 +76,18 @@ class ReadyCycle(LeaderRole):
         """Whether ready() has anything to hand out (never while a Ready awaits advance())."""
         if self._in_ready is not None:
             return False
+        if self.msgs or self.msgs_after_persist or self.read_states or self._bcast_pending:
+            return True
         u = self.log.unstable
-        return bool(
-            self.msgs
-            or self.msgs_after_persist
-            or self.read_states
-            or u.has_next_entries()
-            or u.next_snapshot() is not None
-            or self._bcast_pending
-            or self.log.has_next_committed(not self.cfg.async_storage_writes)
-            or self.soft_state() != self._prev_soft
-            or self.hard_state() != self._prev_hard
-        )
+        if u.has_next_entries() or u.next_snapshot() is not None:
+            return True
+        # Field by field: this runs after every tick and message, so build nothing.
+        hard, soft = self._prev_hard, self._prev_soft
+        if self.term != hard.term or self.vote != hard.vote or self.log.committed != hard.commit:
+            return True
+        if self.lead != soft.leader or self.role is not soft.role:
+            return True
+        return self.log.has_next_committed(not self.cfg.async_storage_writes)
 
     def ready(self) -> Ready:
         """Hand out what to persist, send and apply; call advance() with it when done.
