@@ -77,7 +77,9 @@ class Background:
             raise RuntimeError(f"{self.name}: background tasks are closed")
         self._tg.start_soon(self._guarded, fn, args, name or getattr(fn, "__name__", "task"))
 
-    async def _guarded(self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], what: str) -> None:
+    async def _guarded(
+        self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], what: str
+    ) -> None:
         try:
             await fn(*args)
         except anyio.get_cancelled_exc_class():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import aiofiles
@@ -13,6 +14,8 @@ from coordkit.errors import ConfigurationError
 from .client import RaftBackend
 from .node.config import parse_address
 from .protocol import Op
+
+_fsync = aiofiles.os.wrap(os.fsync)
 
 __all__ = ["member_add", "member_remove", "snapshot_save"]
 
@@ -56,7 +59,7 @@ async def snapshot_save(url: str | None, file: Path) -> int:
                 await out.write(chunk)
                 size += len(chunk)
             await out.flush()
-            await aiofiles.os.fsync(out.fileno())
+            await _fsync(out.fileno())
     await aiofiles.os.replace(temp, file)
     print(f"snapshot written to {file} ({size} bytes)")
     return 0

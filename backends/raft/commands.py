@@ -34,30 +34,44 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", required=True, help="this node's name, e.g. n1")
     parser.add_argument("--data-dir", required=True, type=Path, help="where its log lives")
     parser.add_argument(
-        "--listen", default="127.0.0.1:7001", help="host:port for peers and clients "
-        "(default 127.0.0.1:7001: loopback only)"
+        "--listen",
+        default="127.0.0.1:7001",
+        help="host:port for peers and clients (default 127.0.0.1:7001: loopback only)",
     )
     parser.add_argument(
-        "--peers", required=True, help="every member: n1=host:port,n2=host:port,... "
-        "(this node included)"
+        "--peers",
+        required=True,
+        help="every member: n1=host:port,n2=host:port,... (this node included)",
     )
-    parser.add_argument("--join", action="store_true", help="join a running cluster "
-                        "(after `coordkit member add`) instead of bootstrapping one")
+    parser.add_argument(
+        "--join",
+        action="store_true",
+        help="join a running cluster (after `coordkit member add`) instead of bootstrapping one",
+    )
     parser.add_argument("--cluster-id", default="coordkit", help="refuse peers of another cluster")
-    parser.add_argument("--advertise", help="host:port others reach this node at (default --listen)")
+    parser.add_argument(
+        "--advertise", help="host:port others reach this node at (default --listen)"
+    )
     parser.add_argument("--tls-cert", type=Path, help="certificate (PEM) for peers and clients")
     parser.add_argument("--tls-key", type=Path, help="its private key (PEM)")
-    parser.add_argument("--tls-ca", type=Path, help="CA (PEM) that peers' certificates must chain to")
+    parser.add_argument(
+        "--tls-ca", type=Path, help="CA (PEM) that peers' certificates must chain to"
+    )
     parser.add_argument("--tick", type=float, default=0.02, help="seconds per Raft tick (0.02)")
     parser.add_argument("--election-ticks", type=int, default=10, help="election timeout in ticks")
-    parser.add_argument("--snapshot-entries", type=int, default=20_000,
-                        help="snapshot after this many applied entries")
+    parser.add_argument(
+        "--snapshot-entries",
+        type=int,
+        default=20_000,
+        help="snapshot after this many applied entries",
+    )
     parser.add_argument("--allow-faults", action="store_true", help=argparse.SUPPRESS)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from .node.config import NodeConfig, parse_address, parse_peers
     from .node.server import RaftNode
+    from .node.transport import asyncio_backend_options
 
     config = NodeConfig(
         name=args.name,
@@ -84,7 +98,7 @@ def _serve(args: argparse.Namespace) -> int:
             tg.start_soon(_stop_on_signal, tg.cancel_scope)
             await node.run()
 
-    anyio.run(main, backend="asyncio", backend_options=_loop_options())
+    anyio.run(main, backend="asyncio", backend_options=asyncio_backend_options())
     return 0
 
 
@@ -94,15 +108,6 @@ async def _stop_on_signal(scope: anyio.CancelScope) -> None:
             log.info("%s: shutting down", signal.Signals(signum).name)
             scope.cancel()
             return
-
-
-def _loop_options() -> dict[str, Any]:
-    """uvloop when it is installed (``pip install uvloop``): a faster event loop."""
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return {}
-    return {"use_uvloop": True}
 
 
 def _log_to_stderr() -> None:

@@ -31,16 +31,16 @@ from typing import Any
 import anyio
 import anyio.abc
 import anyio.from_thread
-from anyio.abc import CancelScope
+from anyio import CancelScope
 
 from coordkit.backend import ConnectOptions
 from coordkit.errors import ConfigurationError, CoordkitError
 from coordkit.retry import RetryPolicy
 
 from .client import RaftBackend
-from .wire import Address
-from .node.config import Address, NodeConfig
+from .node.config import NodeConfig
 from .node.server import RaftNode
+from .wire import Address
 
 __all__ = ["EmbeddedCluster", "EmbeddedRaftBackend", "cluster_for", "stop_all"]
 

@@ -25,7 +25,14 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 
 #: options read by coordkit.connect() itself, valid on every URL.
 _CONNECT_OPTIONS = ("session_ttl", "timeout")
-_CLIENT_OPTIONS = (*_CONNECT_OPTIONS, *RETRY_OPTIONS, "connect_timeout", "tls_ca", "tls_cert", "tls_key")
+_CLIENT_OPTIONS = (
+    *_CONNECT_OPTIONS,
+    *RETRY_OPTIONS,
+    "connect_timeout",
+    "tls_ca",
+    "tls_cert",
+    "tls_key",
+)
 _EMBEDDED_OPTIONS = (*_CONNECT_OPTIONS, *RETRY_OPTIONS, "nodes", "data_dir")
 
 
@@ -63,7 +70,7 @@ def raft_backend(url: BackendURL, options: ConnectOptions) -> Backend:
         from .node.tls import client_context
 
         ssl_context = client_context(
-            _path(url, "tls_cert"), _path(url, "tls_key"), _path(url, "tls_ca")
+            _path(url, "tls_ca"), cert=_path(url, "tls_cert"), key=_path(url, "tls_key")
         )
     return RaftBackend(
         endpoints,

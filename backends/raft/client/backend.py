@@ -20,6 +20,7 @@ revision + 1, so nothing is lost or repeated.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import ssl
@@ -30,8 +31,8 @@ from typing import Any
 
 import anyio
 
+from coordkit.backend import Backend, ConnectOptions, Session
 from coordkit.background import Background
-from coordkit.backend import Backend, BackendURL, ConnectOptions, Session
 from coordkit.errors import (
     ClientClosedError,
     ConfigurationError,
@@ -57,8 +58,8 @@ from ...store import (
 )
 from ..protocol import Op as RequestOp
 from ..protocol import Status as ReplyStatus
-from .connection import Connection, ConnectionBroken, Reply
 from ..wire import Address
+from .connection import Connection, ConnectionBroken, Reply
 from .dialer import Dialer
 from .watches import ClientWatch
 
@@ -211,15 +212,13 @@ class RaftBackend(Backend):
                 self._bg.start_soon(self._reconnect_for_watches)
 
     async def _reconnect_for_watches(self) -> None:
-        try:
+        with contextlib.suppress(ClientClosedError):  # closed meanwhile: nothing to resume
             await self._retry.call(
                 self._connection,
                 retry_on=(ConnectionLostError, ConnectionBroken),
                 what=f"{self.label}: reconnect to resume watches",
                 logger=log,
             )
-        except ClientClosedError:
-            pass
 
     # -- requests ----------------------------------------------------------------------
 
@@ -493,10 +492,8 @@ class RaftBackend(Backend):
 
     def _drop_watch_on(self, conn: Connection, watch_id: int) -> None:
         async def unwatch() -> None:
-            try:
+            with contextlib.suppress(ConnectionBroken):  # gone with the connection anyway
                 await conn.send({"t": "q", "i": 0, "op": RequestOp.UNWATCH, "w": watch_id})
-            except ConnectionBroken:
-                pass  # gone with the connection anyway
 
         if self._bg is not None and not self._bg.closed:
             self._bg.start_soon(unwatch)

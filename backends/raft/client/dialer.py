@@ -131,7 +131,6 @@ class Dialer:
             raise _NoLeaderYet("no leader elected yet")
         raise ConnectionLostError("no endpoint reachable")
 
-
     async def status_of(self, endpoint: Address) -> dict[str, Any]:
         """What one node says of itself (its ``status``), over a connection of its own."""
         try:

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import logging
 import os
-import ssl
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -34,7 +34,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from coordkit.errors import CoordkitError, InvalidArgumentError
+from coordkit.errors import CoordkitError
 from coordkit.model import Event
 
 from ...store import (
@@ -64,7 +64,6 @@ from ..core import (
     RaftError,
     Ready,
     Role,
-    Snapshot,
     SnapshotMeta,
     SoftState,
 )
@@ -75,7 +74,8 @@ from .files import OS_FILES, FileSystem
 from .members import AddressBook
 from .requests import AppliedIndex, Outcome, Proposals, ReadRounds
 from .sessions import SessionTracker
-from .snapshots import SnapshotReceiver, SnapshotStore
+from .snapshot_stream import SnapshotReceiver
+from .snapshots import SnapshotStore
 from .tls import client_context, server_context
 from .transport import ClusterIdentity, PeerTransport, serve
 from .wal import WriteAheadLog, WriteRequest
@@ -100,7 +100,9 @@ class Refused(Exception):
 class NotLeader(Refused):
     def __init__(self, leader: str | None, address: str | None) -> None:
         where = f"{leader} at {address}" if leader else "unknown (election under way)"
-        super().__init__("redirect" if leader else "unavailable", f"not the leader; leader: {where}")
+        super().__init__(
+            "redirect" if leader else "unavailable", f"not the leader; leader: {where}"
+        )
         self.leader = leader
         self.address = address
 
@@ -237,7 +239,7 @@ class RaftNode:
             snapshot_sink=self._receive_snapshot,
         )
 
-    async def _receive_snapshot(self, meta: SnapshotMeta) -> SnapshotReceiver:
+    async def _receive_snapshot(self, meta: SnapshotMeta, /) -> SnapshotReceiver:
         return self.snapshots.begin_receive(meta)
 
     def _peer_ssl(self) -> ssl.SSLContext | None:
@@ -504,7 +506,7 @@ class RaftNode:
             if why:
                 then(False, why)
             elif self.store.has_session(session_id):
-                self.sessions.opened(session_id, self.store.session_ttl(session_id))
+                self.sessions.opened(session_id, self.store.session_ttl(session_id) or 0.0)
                 then(True, "")
             else:
                 then(False, "")
@@ -623,7 +625,12 @@ class RaftNode:
             except (ConfChangeError, NotLeaderError, ProposalDroppedError) as exc:
                 log.debug("%s: cannot promote %s yet: %s", self.name, learner, exc)
                 return
-            log.info("%s: %s caught up (match %d): promoting it to voter", self.name, learner, progress.match)
+            log.info(
+                "%s: %s caught up (match %d): promoting it to voter",
+                self.name,
+                learner,
+                progress.match,
+            )
             self.wake()
             return  # one change at a time
 
@@ -635,7 +642,3 @@ class RaftNode:
 def _advanced(applied: AppliedIndex, index: int) -> AppliedIndex:
     applied.advance(index)
     return applied
-
-
-def _unused(*_: object) -> None:  # pragma: no cover
-    del InvalidArgumentError, Snapshot

@@ -31,8 +31,12 @@ from coordkit.paths import check_path
 from ...store import (
     ClientRequest,
     CloseSession,
+    Create,
+    Delete,
     ExpireSession,
     OpenSession,
+    Set,
+    Txn,
     decode_command,
     encode_result,
 )
@@ -124,8 +128,8 @@ class ClientConnection:
             return
         self._flush.set()
 
-    def answer(self, number: int, status: str, payload: bytes = b"", **fields: Any) -> None:
-        self._queue(encode_frame({"t": "r", "i": number, "s": status, **fields}, payload))
+    def answer(self, number: int, code: str, payload: bytes = b"", **fields: Any) -> None:
+        self._queue(encode_frame({"t": "r", "i": number, "s": code, **fields}, payload))
 
     def refuse(self, number: int, error: Refused) -> None:
         fields: dict[str, Any] = {"m": str(error)}
@@ -168,6 +172,8 @@ class ClientConnection:
     def _write(self, number: int, header: dict[str, Any], payload: bytes) -> None:
         session_id = _int(header, "sid")
         command = decode_command(payload)  # validated here: a bad one never reaches the log
+        if not isinstance(command, Create | Set | Delete | Txn | CloseSession):
+            raise InvalidArgumentError(f"{type(command).__name__} is not a client write")
         request = ClientRequest(session_id, _int(header, "seq"), _int(header, "una"), command)
         self.node.propose(request, self._replier(number))
 

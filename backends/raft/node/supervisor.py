@@ -96,7 +96,9 @@ class LocalCluster:
             ports = {n: _free_port(host) for n in names}
         cluster = cls(data_dir, host, ports, f"local-{secrets.token_hex(4)}", secrets.token_hex(16))
         saved.write_text(
-            json.dumps({"host": host, "ports": ports, "id": cluster.cluster_id, "token": cluster.token})
+            json.dumps(
+                {"host": host, "ports": ports, "id": cluster.cluster_id, "token": cluster.token}
+            )
         )
         return cluster
 
@@ -107,7 +109,9 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-def run_local_cluster(*, nodes: int, data_dir: Path | None, base_port: int | None, host: str) -> int:
+def run_local_cluster(
+    *, nodes: int, data_dir: Path | None, base_port: int | None, host: str
+) -> int:
     temp = None
     if data_dir is None:
         temp = tempfile.mkdtemp(prefix="coordkit-cluster-")
@@ -139,7 +143,9 @@ async def _supervise(cluster: LocalCluster) -> None:
                 processes[name] = process
                 log.info("%s started (pid %d, log %s)", name, process.pid, log_path)
                 code = await process.wait()
-                log.warning("%s exited with status %s; restarting in %.0f s", name, code, RESTART_DELAY)
+                log.warning(
+                    "%s exited with status %s; restarting in %.0f s", name, code, RESTART_DELAY
+                )
                 await anyio.sleep(RESTART_DELAY)
 
         for name in cluster.ports:
