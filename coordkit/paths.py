@@ -11,8 +11,10 @@ from .errors import InvalidArgumentError, InvalidPathError, ValueTooLargeError, 
 
 __all__ = [
     "DEFAULT_MAX_VALUE_BYTES",
+    "MAX_CHROOT_BYTES",
     "MAX_PATH_BYTES",
     "SEQUENCE_DIGITS",
+    "STORED_PATH_BYTES",
     "basename",
     "check_path",
     "check_value",
@@ -24,13 +26,22 @@ __all__ = [
 ]
 
 MAX_PATH_BYTES = 1024
+#: A backend that roots a client's paths below a prefix (a chroot) stores paths
+#: up to this much longer, so a client may still use the full MAX_PATH_BYTES.
+MAX_CHROOT_BYTES = 256
+#: The longest path a backend's store holds: a full client path below a chroot.
+STORED_PATH_BYTES = MAX_PATH_BYTES + MAX_CHROOT_BYTES
 DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
 #: Sequential nodes get this many zero-padded digits appended (ZooKeeper's rule).
 SEQUENCE_DIGITS = 10
 
 
-def check_path(path: object) -> str:
-    """Return ``path`` if it obeys the path rules, else raise :class:`InvalidPathError`."""
+def check_path(path: object, max_bytes: int = MAX_PATH_BYTES) -> str:
+    """Return ``path`` if it obeys the path rules, else raise :class:`InvalidPathError`.
+
+    ``max_bytes`` is for backends storing paths below a chroot; clients keep
+    the default.
+    """
     if not isinstance(path, str):
         raise InvalidPathError(f"path must be str, not {type(path).__name__}")
     if not path.startswith("/"):
@@ -39,8 +50,8 @@ def check_path(path: object) -> str:
         encoded = path.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise InvalidPathError(f"path is not valid UTF-8: {path!r}") from exc
-    if len(encoded) > MAX_PATH_BYTES:
-        raise InvalidPathError(f"path is {len(encoded)} bytes, the limit is {MAX_PATH_BYTES}")
+    if len(encoded) > max_bytes:
+        raise InvalidPathError(f"path is {len(encoded)} bytes, the limit is {max_bytes}")
     if path == "/":
         return path
     if path.endswith("/"):

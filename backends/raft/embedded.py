@@ -130,7 +130,7 @@ class EmbeddedCluster:
                     await node.run()
                 except Exception as exc:  # reported to the caller below, and logged
                     failure.append(exc)
-                    log.error("embedded node %s stopped: %s", name, exc)
+                    log.exception("embedded node %s stopped: %s", name, exc)
                 finally:
                     ended.set()
 
@@ -225,10 +225,11 @@ class EmbeddedRaftBackend(RaftBackend):
         data_dir: Path | None,
         options: ConnectOptions,
         retry: RetryPolicy,
+        root: str = "",
     ) -> None:
         self.cluster = cluster_for(name, nodes, data_dir)
         placeholder = [Address("127.0.0.1", 0)]
-        super().__init__(placeholder, options, retry=retry, label="raft+embedded")
+        super().__init__(placeholder, options, retry=retry, label="raft+embedded", root=root)
 
     async def open(self) -> None:
         cluster = self.cluster

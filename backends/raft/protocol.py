@@ -65,6 +65,7 @@ class Op(enum.StrEnum):
     MEMBER_REMOVE = "member.remove"
     TRANSFER = "transfer"
     SNAPSHOT = "snapshot"
+    COMPACT = "compact"
     FAULT = "fault"
 
 

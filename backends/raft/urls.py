@@ -60,8 +60,6 @@ def _positive(url: BackendURL, name: str, default: float) -> float:
 
 def raft_backend(url: BackendURL, options: ConnectOptions) -> Backend:
     _check_options(url, _CLIENT_OPTIONS)
-    if url.path not in ("", "/"):
-        raise ConfigurationError(f"raft URLs take no path: {url.raw!r}")
     endpoints = [Address(host, port) for host, port in url.host_ports(DEFAULT_PORT)]
     if not endpoints:
         raise ConfigurationError(f"no host:port in {url.raw!r}: raft://host:port,host:port,...")
@@ -78,6 +76,7 @@ def raft_backend(url: BackendURL, options: ConnectOptions) -> Backend:
         ssl_context=ssl_context,
         connect_timeout=_positive(url, "connect_timeout", DEFAULT_CONNECT_TIMEOUT),
         retry=RetryPolicy.from_query(url.query),
+        root=url.path,
     )
 
 
@@ -88,9 +87,10 @@ def _path(url: BackendURL, name: str) -> Path | None:
 
 def embedded_backend(url: BackendURL, options: ConnectOptions) -> Backend:
     _check_options(url, _EMBEDDED_OPTIONS)
-    if len(url.hosts) > 1 or url.path not in ("", "/"):
+    if len(url.hosts) > 1:
         raise ConfigurationError(
-            f"embedded raft URLs look like raft+embedded://[NAME]?nodes=3&data_dir=DIR: {url.raw}"
+            "embedded raft URLs look like raft+embedded://[NAME][/chroot]?nodes=3&data_dir=DIR: "
+            f"{url.raw}"
         )
     raw_nodes = url.query.get("nodes", "3")
     if not raw_nodes.isdigit() or not 1 <= int(raw_nodes) <= 9:
@@ -103,4 +103,5 @@ def embedded_backend(url: BackendURL, options: ConnectOptions) -> Backend:
         data_dir=_path(url, "data_dir"),
         options=options,
         retry=RetryPolicy.from_query(url.query),
+        root=url.path,
     )

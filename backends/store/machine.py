@@ -41,6 +41,7 @@ from coordkit.model import Event, EventType, Node
 from coordkit.paths import (
     DEFAULT_MAX_VALUE_BYTES,
     SEQUENCE_DIGITS,
+    STORED_PATH_BYTES,
     check_path,
     check_value,
     parent,
@@ -297,7 +298,7 @@ class Store(StoreState):
         sequential: bool,
         make_parents: bool,
     ) -> Node:
-        check_path(path)
+        check_path(path, STORED_PATH_BYTES)
         check_value(value, self._max_value_bytes)
         if path == "/":
             raise NodeExistsError("the root always exists")
@@ -346,10 +347,10 @@ class Store(StoreState):
 
         self._undo.append(undo)
         # The suffix can take a path past the length limit (a snapshot would refuse it).
-        return check_path(f"{path}{seq:0{SEQUENCE_DIGITS}d}")
+        return check_path(f"{path}{seq:0{SEQUENCE_DIGITS}d}", STORED_PATH_BYTES)
 
     def _set(self, rev: int, path: str, value: bytes, version: int | None) -> Node:
-        check_path(path)
+        check_path(path, STORED_PATH_BYTES)
         check_value(value, self._max_value_bytes)
         old = self._nodes.get(path)
         if old is None:
@@ -366,7 +367,7 @@ class Store(StoreState):
         return node
 
     def _delete(self, rev: int, path: str, version: int | None, recursive: bool) -> None:
-        check_path(path)
+        check_path(path, STORED_PATH_BYTES)
         if path == "/":
             raise InvalidArgumentError("the root cannot be deleted")
         rec = self._nodes.get(path)

@@ -40,7 +40,7 @@ from typing import Generic, TypeVar
 
 from coordkit.errors import CoordkitError, InvalidArgumentError
 from coordkit.model import Event, EventType
-from coordkit.paths import MAX_PATH_BYTES
+from coordkit.paths import STORED_PATH_BYTES
 
 from . import records
 from .results import decode_result, read_node
@@ -434,7 +434,7 @@ class SnapshotLoader(Generic[S]):
                 or not name
                 or name in (".", "..")
                 or _BAD_SEGMENT.search(name)
-                or size > MAX_PATH_BYTES
+                or size > STORED_PATH_BYTES
             ):
                 raise InvalidArgumentError(f"node {path!r} is not a valid child of a known node")
             if not 1 <= crev <= mrev <= state.revision:

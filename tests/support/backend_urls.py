@@ -19,6 +19,8 @@ for _name in ("etcd", "zookeeper", "raft"):
     if importlib.util.find_spec(f"{_name}_servers") is not None:
         BACKENDS.append(_name)
         pytest_plugins.append(f"{_name}_servers")
+if "raft" in BACKENDS:
+    BACKENDS.append("raft_embedded")  # raft_servers.py supplies raft_embedded_url too
 
 
 @pytest.fixture

@@ -39,6 +39,7 @@ from coordkit.errors import (
     ConnectionLostError,
     CoordkitError,
     InvalidArgumentError,
+    NodeExistsError,
     OperationTimeoutError,
     SessionExpiredError,
 )
@@ -53,12 +54,13 @@ from ...store import (
     Delete,
     Set,
     Txn,
-    decode_result,
     encode_command,
+    unwrap_result,
 )
 from ..protocol import Op as RequestOp
 from ..protocol import Status as ReplyStatus
 from ..wire import Address
+from .chroot import Chroot
 from .connection import Connection, ConnectionBroken, Reply
 from .dialer import Dialer
 from .watches import ClientWatch
@@ -97,11 +99,13 @@ class RaftBackend(Backend):
         connect_timeout: float = 5.0,
         retry: RetryPolicy | None = None,
         label: str = "raft",
+        root: str = "",
     ) -> None:
         if not endpoints:
             raise ConfigurationError("a raft:// URL needs at least one host:port")
         self.options = options
         self.label = label
+        self._chroot = Chroot(root)
         self._retry = retry or RetryPolicy()
         self._dialer = Dialer(
             list(endpoints),
@@ -131,6 +135,8 @@ class RaftBackend(Backend):
             await self._connection()
             await self._start_session()
             self._bg.start_soon(self._keepalive_loop)
+            if self._chroot:
+                await self._ensure_root()
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._shutdown()
@@ -176,6 +182,13 @@ class RaftBackend(Backend):
             await self._session_ready.wait()
         return self.session
 
+    async def _ensure_root(self) -> None:
+        root = self._chroot.root
+        if await self._read_op("exists", root, True):
+            return
+        with contextlib.suppress(NodeExistsError):  # another client made it meanwhile
+            await self._write(Create(root, b"", None, False, True))
+
     # -- connections --------------------------------------------------------------------
 
     async def _connection(self) -> Connection:
@@ -193,7 +206,9 @@ class RaftBackend(Backend):
                 self._session.mark_suspended()
             stream, node, address = await self._dialer.connect_leader()
             conn = Connection(stream, node=node, address=address, on_event=self._on_event)
-            assert self._bg is not None
+            if self._bg is None or self._bg.closed or self._closed or self._aborted:
+                await conn.aclose()
+                raise ClientClosedError("the raft client is closed")
             self._bg.start_soon(self._read, conn, name=f"read {address}")
             self._conn = conn
             log.info("connected to %s at %s", node, address)
@@ -287,14 +302,15 @@ class RaftBackend(Backend):
             except SessionExpiredError:
                 self._on_session_expired(session)
                 raise
-            return decode_result(reply.payload)
+            return unwrap_result(reply.payload)
         finally:
             # Answered or abandoned (cancelled, timed out): never sent again either way.
             self._unacked.discard(seq)
 
     async def _read_op(self, kind: str, path: str, consistent: bool) -> Any:
+        path = self._chroot.inner(path)
         reply = await self._call({"op": RequestOp.READ, "k": kind, "p": path, "c": consistent})
-        return decode_result(reply.payload)
+        return unwrap_result(reply.payload)
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -393,19 +409,22 @@ class RaftBackend(Backend):
         self, path: str, value: bytes, *, ephemeral: bool, sequential: bool, make_parents: bool
     ) -> Node:
         owner = self.session.id if ephemeral else None
-        node: Node = await self._write(Create(path, value, owner, sequential, make_parents))
+        command = Create(self._chroot.inner(path), value, owner, sequential, make_parents)
+        node: Node = self._chroot.result(await self._write(command))
         return node
 
     async def get(self, path: str, *, consistent: bool) -> Node | None:
-        node: Node | None = await self._read_op("get", path, consistent)
+        node: Node | None = self._chroot.node(await self._read_op("get", path, consistent))
         return node
 
     async def set(self, path: str, value: bytes, *, version: int | None) -> Node:
-        node: Node = await self._write(Set(path, value, version))
+        node: Node = self._chroot.result(
+            await self._write(Set(self._chroot.inner(path), value, version))
+        )
         return node
 
     async def delete(self, path: str, *, version: int | None, recursive: bool) -> None:
-        await self._write(Delete(path, version, recursive))
+        await self._write(Delete(self._chroot.inner(path), version, recursive))
 
     async def children(self, path: str, *, consistent: bool) -> list[str]:
         names: list[str] = await self._read_op("children", path, consistent)
@@ -417,8 +436,14 @@ class RaftBackend(Backend):
     async def txn(
         self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op]
     ) -> TxnResult:
-        command = Txn(tuple(compares), tuple(success), tuple(failure), self.session.id)
-        result: TxnResult = await self._write(command)
+        chroot = self._chroot
+        command = Txn(
+            tuple(map(chroot.compare, compares)),
+            tuple(map(chroot.op, success)),
+            tuple(map(chroot.op, failure)),
+            self.session.id,
+        )
+        result: TxnResult = chroot.result(await self._write(command))
         return result
 
     async def status(self) -> Status:
@@ -444,6 +469,17 @@ class RaftBackend(Backend):
     async def admin(self, header: dict[str, Any]) -> Reply:
         """An operator request (membership, transfer, faults) to the leader."""
         return await self._call(header)
+
+    async def compact(self, revision: int) -> int:
+        """Forget the watch history below ``revision``; returns the oldest revision kept.
+
+        A later ``watch(..., start_revision=r)`` with ``r`` below it raises
+        :class:`~coordkit.CompactedError`.
+        """
+        if isinstance(revision, bool) or not isinstance(revision, int) or revision < 1:
+            raise InvalidArgumentError(f"revision must be an int >= 1, not {revision!r}")
+        reply = await self._call({"op": RequestOp.COMPACT, "rev": revision})
+        return int(unwrap_result(reply.payload))
 
     async def download_snapshot(self) -> AsyncIterator[bytes]:
         """A consistent snapshot of the leader's store, as the chunks of its file format."""
@@ -477,10 +513,14 @@ class RaftBackend(Backend):
         self, path: str, *, recursive: bool, start_revision: int | None
     ) -> AsyncIterator[AsyncIterator[Event]]:
         self._watch_ids += 1
-        watch = ClientWatch(self._watch_ids, path, recursive, start_revision)
+        watch = ClientWatch(
+            self._watch_ids, self._chroot.inner(path), recursive, start_revision, self._chroot
+        )
         self._watches[watch.id] = watch
         try:
             reply = await self._call(watch.request())
+            if reply.payload:  # the watch could not start: e.g. CompactedError
+                unwrap_result(reply.payload)
             watch.established(int(reply.header.get("rev", 0)))
             yield watch
         finally:

@@ -112,6 +112,9 @@ class Dialer:
                 causes[str(endpoint)] = describe_connect_error(exc)
                 await _close(stream)
                 continue
+            except BaseException:  # cancelled: leave no socket behind
+                await _close(stream)
+                raise
             info = header.get("status", {})
             node = str(info.get("node", endpoint))
             if info.get("role") == "leader":

@@ -19,9 +19,10 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from coordkit.errors import ClientClosedError, CoordkitError
 from coordkit.model import Event
 
-from ...store import decode_result
+from ...store import unwrap_result
 from ..protocol import Op as RequestOp
 from ..protocol import decode_events
+from .chroot import Chroot
 
 __all__ = ["ClientWatch"]
 
@@ -29,8 +30,11 @@ __all__ = ["ClientWatch"]
 class ClientWatch:
     """One watch of the raft client; also its own async iterator of events."""
 
-    def __init__(self, watch_id: int, path: str, recursive: bool, start: int | None) -> None:
+    def __init__(
+        self, watch_id: int, path: str, recursive: bool, start: int | None, chroot: Chroot
+    ) -> None:
         self.id = watch_id
+        self._chroot = chroot
         self.path = path
         self.recursive = recursive
         self._start = start
@@ -75,13 +79,13 @@ class ClientWatch:
         for event in events:
             if self._last is not None and event.revision <= self._last:
                 continue  # already delivered before a reconnection
-            self._send.send_nowait(event)
+            self._send.send_nowait(self._chroot.event(event))
         if events:
             self._last = max(self._last or 0, events[-1].revision)
 
     def fail_payload(self, payload: bytes) -> None:
         try:
-            decode_result(payload)
+            unwrap_result(payload)
         except CoordkitError as exc:
             self.fail(exc)
             return

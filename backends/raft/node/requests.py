@@ -20,10 +20,23 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["AppliedIndex", "Outcome", "Proposals", "ReadRound", "ReadRounds"]
+__all__ = ["AppliedIndex", "Outcome", "Proposals", "ReadRound", "ReadRounds", "safely"]
+
+log = logging.getLogger(__name__)
+
+
+def safely(callback: Callable[..., None], *args: object) -> None:
+    """Run a request's callback from the ready loop: a failure of one request is
+    logged with its traceback and never stops the loop (the node goes on)."""
+    try:
+        callback(*args)
+    except Exception:
+        log.exception("a request's answer failed; the node goes on")
+
 
 #: called with the encoded result (bytes), or None and a reason to retry.
 Outcome = Callable[[bytes | None, str], None]
@@ -58,14 +71,14 @@ class Proposals:
         if proposal is None:
             return
         if proposal.term == term and result is not None:
-            proposal.done(result, "")
+            safely(proposal.done, result, "")
         else:
-            proposal.done(None, "leadership changed before the write committed")
+            safely(proposal.done, None, "leadership changed before the write committed")
 
     def fail_all(self, why: str) -> None:
         waiting, self._waiting = self._waiting, {}
         for proposal in waiting.values():
-            proposal.done(None, why)
+            safely(proposal.done, None, why)
 
 
 @dataclass(slots=True)
@@ -102,7 +115,7 @@ class ReadRounds:
         if current is None or current.context != context:
             return None  # a late answer to a round already given up
         for reader in current.readers:
-            reader(index, "")
+            safely(reader, index, "")
         return self._advance()
 
     def tick(self, give_up_after: int) -> ReadRound | None:
@@ -114,14 +127,14 @@ class ReadRounds:
         if current.age < give_up_after:
             return None
         for reader in current.readers:
-            reader(None, "no answer to the read barrier (leadership changing?)")
+            safely(reader, None, "no answer to the read barrier (leadership changing?)")
         return self._advance()
 
     def fail_all(self, why: str) -> None:
         for round_ in (self.in_flight, self.gathering):
             if round_ is not None:
                 for reader in round_.readers:
-                    reader(None, why)
+                    safely(reader, None, why)
         self.in_flight = self.gathering = None
 
     def _advance(self) -> ReadRound | None:
@@ -143,7 +156,7 @@ class AppliedIndex:
     def when(self, index: int, callback: Callable[[], None]) -> None:
         """Run ``callback`` once ``index`` is applied (at once if it is)."""
         if index <= self.index:
-            callback()
+            safely(callback)
         else:
             heapq.heappush(self._waiting, (index, next(self._order), callback))
 
@@ -152,4 +165,4 @@ class AppliedIndex:
             return
         self.index = index
         while self._waiting and self._waiting[0][0] <= index:
-            heapq.heappop(self._waiting)[2]()
+            safely(heapq.heappop(self._waiting)[2])

@@ -31,6 +31,7 @@ from coordkit.paths import check_path
 from ...store import (
     ClientRequest,
     CloseSession,
+    Compact,
     Create,
     Delete,
     ExpireSession,
@@ -195,10 +196,10 @@ class ClientConnection:
             if result is None:
                 self.answer(number, Status.UNAVAILABLE, m=why)
                 return
-            from ...store import decode_result
+            from ...store import unwrap_result
 
             try:
-                session_id = int(decode_result(result))
+                session_id = int(unwrap_result(result))
             except CoordkitError as exc:
                 self.answer(number, Status.OK, encode_result(exc))
                 return
@@ -246,7 +247,7 @@ class ClientConnection:
                 elif kind == "children":
                     value = store.children(path)
                 else:
-                    value = store.exists(path)
+                    value = int(store.exists(path))
             except CoordkitError as exc:
                 self.answer(number, Status.OK, encode_result(exc))
                 return
@@ -319,6 +320,9 @@ class ClientConnection:
 
         self._tg.start_soon(stream)
 
+    def _compact(self, number: int, header: dict[str, Any], payload: bytes) -> None:
+        self.node.propose(Compact(_int(header, "rev")), self._replier(number))
+
     def _fault(self, number: int, header: dict[str, Any], payload: bytes) -> None:
         if not self.node.config.allow_faults:
             raise InvalidArgumentError("fault injection is off on this node")
@@ -350,4 +354,5 @@ _HANDLERS = {
     Op.MEMBER_REMOVE: ClientConnection._member_remove,
     Op.FAULT: ClientConnection._fault,
     Op.SNAPSHOT: ClientConnection._snapshot,
+    Op.COMPACT: ClientConnection._compact,
 }

@@ -19,7 +19,7 @@ from coordkit.backends.store import (
     encode_command,
 )
 from coordkit.errors import InvalidArgumentError, InvalidPathError
-from coordkit.paths import MAX_PATH_BYTES
+from coordkit.paths import STORED_PATH_BYTES
 from coordkit.txn import Compare, CompareOp, CompareTarget, CreateOp
 
 
@@ -58,11 +58,11 @@ def test_an_ephemeral_create_in_a_txn_without_a_session_is_refused() -> None:
 
 def test_a_sequential_suffix_may_not_take_a_path_past_the_limit() -> None:
     store = populated()
-    prefix = "/" + "x" * (MAX_PATH_BYTES - 1 - 9)  # room for 9 of the 10 digits
+    prefix = "/" + "x" * (STORED_PATH_BYTES - 1 - 9)  # room for 9 of the 10 digits
     before = store.snapshot()
     with pytest.raises(InvalidPathError, match="limit"):
         store.apply(Create(prefix, b"", sequential=True))
     assert store.snapshot() == before  # the counter did not move either
     node = store.apply(Create(prefix[:-1], b"", sequential=True))
-    assert len(node.path.encode()) == MAX_PATH_BYTES
+    assert len(node.path.encode()) == STORED_PATH_BYTES
     Store.restore(store.snapshot())  # and every store that exists can be restored

@@ -1,0 +1,217 @@
+"""Real Raft clusters for tests: ``coordkit serve`` processes, and the embedded cluster.
+
+``raft_url`` is a fresh chroot on a shared 3-node cluster of real processes
+(on free loopback ports, data on tmpfs when there is one), started once per
+run; ``raft_embedded_url`` a fresh chroot on the process's embedded cluster.
+:class:`RaftProcessCluster` is what fault tests use to kill, pause, restart
+and wipe members.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import coordkit
+
+TOKEN_ENV = "COORDKIT_CLUSTER_TOKEN"
+START_TIMEOUT = 30.0
+
+
+def data_root() -> str | None:
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class RaftMember:
+    name: str
+    port: int
+    data_dir: Path
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+@dataclass
+class RaftProcessCluster:
+    """N ``coordkit serve`` processes; every method is blocking (call from sync code or a thread)."""
+
+    root: Path
+    members: dict[str, RaftMember] = field(default_factory=dict)
+    cluster_id: str = ""
+    token: str = ""
+    extra_args: tuple[str, ...] = ()
+
+    @classmethod
+    def create(cls, size: int = 3, *, extra_args: tuple[str, ...] = ()) -> RaftProcessCluster:
+        root = Path(tempfile.mkdtemp(prefix="coordkit-raft-", dir=data_root()))
+        cluster = cls(root, cluster_id=f"test-{uuid.uuid4().hex[:8]}", token=uuid.uuid4().hex)
+        cluster.extra_args = extra_args
+        for i in range(1, size + 1):
+            name = f"n{i}"
+            cluster.members[name] = RaftMember(
+                name, free_port(), root / name, root / f"{name}.log"
+            )
+        return cluster
+
+    @property
+    def peers(self) -> str:
+        return ",".join(f"{m.name}={m.address}" for m in self.members.values())
+
+    @property
+    def url(self) -> str:
+        return "raft://" + ",".join(m.address for m in self.members.values())
+
+    def start(self, name: str | None = None, *, join: bool = False) -> None:
+        for member in [self.members[name]] if name else list(self.members.values()):
+            if member.running:
+                continue
+            args = [
+                sys.executable, "-m", "coordkit.cli", "serve",
+                "--name", member.name,
+                "--data-dir", str(member.data_dir),
+                "--listen", member.address,
+                "--peers", self.peers,
+                "--cluster-id", self.cluster_id,
+                "--allow-faults",
+                *(["--join"] if join else []),
+                *self.extra_args,
+            ]  # fmt: skip
+            env = {**os.environ, TOKEN_ENV: self.token}
+            with member.log_path.open("ab") as log:
+                member.process = subprocess.Popen(
+                    args, stdout=log, stderr=subprocess.STDOUT, env=env
+                )
+
+    def add_member(self, name: str) -> RaftMember:
+        member = RaftMember(name, free_port(), self.root / name, self.root / f"{name}.log")
+        self.members[name] = member
+        return member
+
+    def stop(self, name: str, *, kill: bool = False) -> None:
+        member = self.members[name]
+        process, member.process = member.process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGCONT)  # a paused process cannot handle SIGTERM
+            process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def pause(self, name: str) -> None:
+        process = self.members[name].process
+        assert process is not None
+        os.kill(process.pid, signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        process = self.members[name].process
+        assert process is not None
+        os.kill(process.pid, signal.SIGCONT)
+
+    def wipe(self, name: str) -> None:
+        self.stop(name, kill=True)
+        shutil.rmtree(self.members[name].data_dir, ignore_errors=True)
+
+    def close(self) -> None:
+        for name in list(self.members):
+            self.stop(name)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def logs(self) -> str:
+        out = []
+        for member in self.members.values():
+            if member.log_path.exists():
+                out.append(f"--- {member.name} ---\n{member.log_path.read_text()[-4000:]}")
+        return "\n".join(out)
+
+
+async def member_status(address: str) -> dict[str, Any]:
+    """One member's own status (or an ``error`` entry if unreachable)."""
+    from coordkit.backends.raft.client.dialer import Dialer
+    from coordkit.backends.raft.wire import Address
+    from coordkit.retry import RetryPolicy
+
+    dialer = Dialer([Address.parse(address)], ssl_context=None, connect_timeout=2.0, retry=RetryPolicy())
+    try:
+        return await dialer.status_of(Address.parse(address))
+    except coordkit.CoordkitError as exc:
+        return {"address": address, "error": str(exc)}
+
+
+async def wait_for_leader(cluster: RaftProcessCluster, timeout: float = START_TIMEOUT) -> str:
+    """The name of the leader once the running members agree on one."""
+    with anyio.fail_after(timeout):
+        while True:
+            statuses = [
+                await member_status(m.address) for m in cluster.members.values() if m.running
+            ]
+            leaders = {s.get("leader") for s in statuses if "error" not in s}
+            roles = [s for s in statuses if s.get("role") == "leader"]
+            if len(leaders) == 1 and None not in leaders and len(roles) == 1:
+                return str(roles[0]["node"])
+            await anyio.sleep(0.05)
+
+
+def started_cluster(size: int = 3, **kwargs: Any) -> RaftProcessCluster:
+    cluster = RaftProcessCluster.create(size, **kwargs)
+    cluster.start()
+    try:
+        anyio.run(wait_for_leader, cluster)
+    except BaseException:
+        logs = cluster.logs()
+        cluster.close()
+        raise RuntimeError(f"the raft cluster did not elect a leader:\n{logs}") from None
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def raft_cluster() -> Iterator[RaftProcessCluster]:
+    cluster = started_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def raft_url(request: pytest.FixtureRequest) -> str:
+    cluster: RaftProcessCluster = request.getfixturevalue("raft_cluster")
+    return f"{cluster.url}/test-{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def raft_embedded_url() -> str:
+    return f"raft+embedded://tests/test-{uuid.uuid4().hex}"
+
