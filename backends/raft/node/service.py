@@ -26,7 +26,7 @@ import anyio.lowlevel
 
 from coordkit.errors import CoordkitError, InvalidArgumentError
 from coordkit.model import Event
-from coordkit.paths import check_path
+from coordkit.paths import STORED_PATH_BYTES, check_path
 
 from ...store import (
     ClientRequest,
@@ -231,7 +231,7 @@ class ClientConnection:
 
     def _read(self, number: int, header: dict[str, Any], payload: bytes) -> None:
         kind = header["k"]
-        path = check_path(header["p"])
+        path = check_path(header["p"], STORED_PATH_BYTES)
         consistent = header.get("c", True)
         if kind not in ("get", "children", "exists"):
             raise InvalidArgumentError(f"unknown read {kind!r}")
@@ -260,7 +260,7 @@ class ClientConnection:
 
     def _watch(self, number: int, header: dict[str, Any], payload: bytes) -> None:
         watch_id = _int(header, "w")
-        path = check_path(header["p"])
+        path = check_path(header["p"], STORED_PATH_BYTES)
         recursive = bool(header.get("rec", False))
         start = header.get("from")
         if start is not None and (isinstance(start, bool) or not isinstance(start, int)):
