@@ -201,11 +201,6 @@ class EtcdBackend(Backend):
         """Several range ops read atomically at one revision (a read-only txn)."""
         return await self.kv_txn(ops.txn_request([], list(requests), []), idempotent=True)
 
-    async def lease_alive(self, session: Session) -> bool:
-        """Whether etcd still has ``session``'s lease; if not, the session is
-        marked lost (and a new one opened) before this returns False."""
-        return await self._leases.alive(session)
-
     def lease_for(self, ephemeral: bool) -> int:
         return self.session.id if ephemeral else 0
 

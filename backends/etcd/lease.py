@@ -161,25 +161,6 @@ class Leases:
                 )
             await self.revoke(old.id)
 
-    async def alive(self, session: Session) -> bool:
-        """Whether etcd still has ``session``'s lease; if not, the session is
-        replaced (marked lost, a new one granted) before this returns False."""
-        if session.lost:
-            return False
-        channel = self._channel()
-        reply = await channel.call(
-            channel.lease.LeaseTimeToLive,
-            rpc.LeaseTimeToLiveRequest(ID=session.id),
-            idempotent=True,
-        )
-        if reply.TTL > 0:
-            return True
-        try:
-            await self.replace(session, "etcd reports its lease expired")
-        except CoordkitError as exc:
-            log.debug("no new etcd session yet: %s", describe_error(exc))
-        return False
-
     # -- keepalive ---------------------------------------------------------------
 
     async def keep_alive(self) -> None:
