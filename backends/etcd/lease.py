@@ -202,6 +202,8 @@ class Leases:
             return stream
         except Exception as exc:
             self._suspend(self._cause(exc))
+            if isinstance(exc, _EXPECTED):
+                raise map_error(exc) from exc
             raise
 
     async def _round_trip(self, stream: Stream) -> None:
