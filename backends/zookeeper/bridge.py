@@ -4,7 +4,7 @@ kazoo runs its connection on a thread and completes requests on a worker
 thread; coordkit runs on an event loop. :class:`LoopBridge` carries kazoo's
 completions and notifications into the loop without blocking kazoo's threads,
 in the order they happened. :func:`map_error` is the one place kazoo's errors
-become coordkit's.
+become coordkit's. :class:`KazooLog` is the logger kazoo writes to.
 
 kazoo 2.10/2.11 (the released versions) lack ZooKeeper 3.6's persistent
 watches and do not expose the zxid of a reply. :func:`instrument_connection`
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -46,6 +47,7 @@ from .paths import decode_path
 
 __all__ = [
     "AddWatch",
+    "KazooLog",
     "LoopBridge",
     "RemoveWatches",
     "instrument_connection",
@@ -99,6 +101,50 @@ class RemoveWatches:
     @classmethod
     def deserialize(cls, data: bytes, offset: int) -> bool:
         return True
+
+
+#: What kazoo logs when a connection or session ends: the cause the backend reports.
+_ENDINGS = (
+    "Connection dropped",
+    "Connection time-out",
+    "Session has expired",
+    "AUTH_FAILED",
+    "Found a RW server",
+)
+
+
+class KazooLog(logging.LoggerAdapter[logging.Logger]):
+    """The logger a kazoo client writes to: ``coordkit.backends.zookeeper.kazoo``.
+
+    kazoo logs every connection attempt and state change itself, at INFO and
+    WARNING, several lines per change (and one per failed reconnection). The
+    backend logs each change once, clearly, on its own logger; so kazoo's
+    lines are passed on at DEBUG (its ERROR and worse keep their level, with
+    their tracebacks), and what they tell the backend's lines is kept:
+    :attr:`endpoint` (the server kazoo last connected to) and :attr:`cause`
+    (why the last connection ended). Written on kazoo's connection thread.
+    """
+
+    def __init__(self, hosts: str) -> None:
+        super().__init__(logging.getLogger("coordkit.backends.zookeeper.kazoo"), {})
+        self.endpoint = hosts
+        self.cause = "the connection dropped"
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        text = str(msg)
+        if text.startswith("Connecting to ") and len(args) >= 3:
+            self.endpoint = f"{args[0]}:{args[2]}"
+        elif text.startswith(_ENDINGS):
+            try:
+                self.cause = text % args if args else text
+            except (TypeError, ValueError):
+                self.cause = text
+        if logging.DEBUG < level < logging.ERROR:
+            level = logging.DEBUG
+        super().log(level, msg, *args, **kwargs)
+
+    def warn(self, msg: object, *args: Any, **kwargs: Any) -> None:  # kazoo still calls it
+        self.log(logging.WARNING, msg, *args, **kwargs)
 
 
 def multi_failures(replies: list[Any]) -> list[tuple[int, BaseException]]:
