@@ -19,7 +19,6 @@ delivered by ``ConfigWatch.changes``.
 from __future__ import annotations
 
 import importlib
-import logging
 import math
 import random
 import sys
@@ -384,9 +383,6 @@ def main(url: str | None = None, duration: float = 20.0) -> int:
     Clean: items passed, never two lock holders with live sessions at once, no
     item delivered twice.
     """
-    # The demo expires a session on purpose; client libraries (kazoo) would log
-    # it as a warning in the middle of the live view.
-    logging.getLogger("kazoo").setLevel(logging.ERROR)
     summary = anyio.run(run_demo, url, duration, sys.stdout)
     clean = summary.exclusion_violations == 0 and summary.duplicate_deliveries == 0
     return 0 if clean and summary.items_passed > 0 else 1
