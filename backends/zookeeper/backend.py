@@ -16,6 +16,7 @@ across a reconnection; a write interrupted by one raises
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -43,7 +44,14 @@ from coordkit.paths import join
 from coordkit.retry import Conflict
 from coordkit.txn import Compare, Op, TxnResult
 
-from .bridge import KazooLog, LoopBridge, instrument_connection, map_error, multi_failures
+from .bridge import (
+    KazooLog,
+    LoopBridge,
+    instrument_connection,
+    map_error,
+    missing_kazoo_internals,
+    multi_failures,
+)
 from .paths import EscapingClient, decode_path
 from .registry import WatchRegistry, session_expired_error
 from .txn import run_txn
@@ -112,6 +120,12 @@ class ZooKeeperBackend(Backend):
             command_retry=None,
             logger=self._kazoo_log,
         )
+        missing = missing_kazoo_internals(client)
+        if missing:
+            raise ConfigurationError(
+                f"kazoo {importlib.metadata.version('kazoo')} lacks what the ZooKeeper backend "
+                f"relies on: {', '.join(missing)}; install a kazoo 2.x: pip install 'kazoo<3'"
+            )
         self._kazoo = EscapingClient(client)
         self._watches = WatchRegistry(client, self._bridge)
         instrument_connection(client, self._watches.on_notification)

@@ -12,13 +12,16 @@ adds both by wrapping two methods of kazoo's connection handler: every
 notification is handed to a callback on the connection thread (so it is
 seen in order, before any later reply), and every reply's header zxid is
 stored on its ``AsyncResult`` as ``zxid``. This relies on kazoo internals
-that have been stable since kazoo 2.0.
+that have been stable since kazoo 2.0: pyproject pins kazoo below 3, and
+:func:`missing_kazoo_internals` (checked when the backend connects, and by
+the tests) names any that a kazoo release no longer has.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import inspect
 import logging
 import threading
 from collections.abc import Callable
@@ -52,6 +55,7 @@ __all__ = [
     "RemoveWatches",
     "instrument_connection",
     "map_error",
+    "missing_kazoo_internals",
     "multi_failures",
 ]
 
@@ -256,6 +260,43 @@ class LoopBridge:
             finally:
                 result.unlink(on_done)
         return result.get_nowait()
+
+
+#: The kazoo internals the backend uses (the methods it wraps, with their parameters).
+_CLIENT_INTERNALS = (
+    "_call",  # sending AddWatch / RemoveWatches (registry)
+    "_connection",
+    "_pending",  # the reply being read (instrument_connection)
+    "_session_id",
+    "_stopped",
+    "chroot",
+    "client_id",
+    "handler",
+    "last_zxid",
+    "unchroot",
+)
+_CONNECTION_INTERNALS: dict[str, tuple[str, ...] | None] = {
+    "_read_watch_event": ("buffer", "offset"),  # wrapped by instrument_connection
+    "_read_response": ("header", "buffer", "offset"),  # wrapped by instrument_connection
+    "_socket": None,  # shut down by abort, asked its peer by expire_session
+    "connection_stopped": None,  # awaited by abort
+}
+
+
+def missing_kazoo_internals(client: Any) -> list[str]:
+    """The kazoo internals the backend relies on that ``client`` lacks, or has
+    with other parameters (empty with the kazoo versions pyproject allows)."""
+    missing = [f"KazooClient.{name}" for name in _CLIENT_INTERNALS if not hasattr(client, name)]
+    connection = getattr(client, "_connection", None)
+    for name, parameters in _CONNECTION_INTERNALS.items():
+        where = f"ConnectionHandler.{name}"
+        if not hasattr(connection, name):
+            missing.append(where)
+        elif parameters is not None:
+            found = tuple(inspect.signature(getattr(connection, name)).parameters)
+            if found != parameters:
+                missing.append(f"{where}({', '.join(parameters)}) (found ({', '.join(found)}))")
+    return missing
 
 
 def instrument_connection(client: Any, on_notification: Callable[[int, str, int], None]) -> None:
