@@ -35,31 +35,19 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+Command = Callable[..., argparse.ArgumentParser]
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coordkit",
         description="Coordination recipes over interchangeable backends.",
     )
-    url_help = "backend URL (default: COORDKIT_URL, config, embedded)"
-    verbose_help = "log more to standard error: -v INFO, -vv DEBUG (default: WARNING)"
-    level_help = "log level of the coordkit logger (overrides -v)"
-    parser.add_argument("--url", help=url_help)
-    parser.add_argument("-v", "--verbose", action="count", default=0, help=verbose_help)
-    parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help=level_help)
+    _add_global_options(parser, after_command=False)
     # --url, -v and --log-level are accepted after the command too
     # (coordkit demo --url etcd://... -v).
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=argparse.SUPPRESS, help=url_help)
-    common.add_argument(
-        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help=verbose_help
-    )
-    common.add_argument(
-        "--log-level",
-        type=str.upper,
-        choices=LOG_LEVELS,
-        default=argparse.SUPPRESS,
-        help=level_help,
-    )
+    _add_global_options(common, after_command=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, **options: Any) -> argparse.ArgumentParser:
@@ -67,9 +55,35 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = command("demo", help="workers sharing a lock, a leader, a queue and a config")
     demo.add_argument("--duration", type=float, default=20.0, help="seconds (default 20)")
-
     command("status", help="what the backend reports about itself")
+    _add_node_commands(command)
+    _add_holding_commands(command)
+    return parser
 
+
+def _add_global_options(parser: argparse.ArgumentParser, *, after_command: bool) -> None:
+    """--url, -v/--verbose, --log-level (after the command: only if given)."""
+    unset: Any = {"default": argparse.SUPPRESS} if after_command else {}
+    parser.add_argument(
+        "--url", help="backend URL (default: COORDKIT_URL, config, embedded)", **unset
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        help="log more to standard error: -v INFO, -vv DEBUG (default: WARNING)",
+        **(unset or {"default": 0}),
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="log level of the coordkit logger (overrides -v)",
+        **unset,
+    )
+
+
+def _add_node_commands(command: Command) -> None:
     get = command("get", help="print a node's value")
     get.add_argument("path")
     get.add_argument("--stat", action="store_true", help="print the node's fields too")
@@ -92,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("--from-revision", type=int, help="replay history from this revision")
     watch.add_argument("--count", type=int, help="stop after this many events")
 
+
+def _add_holding_commands(command: Command) -> None:
     lock = command(
         "lock",
         help="run a command while holding a lock",
@@ -115,7 +131,6 @@ def _parser() -> argparse.ArgumentParser:
     elect.add_argument("--listen", action="store_true", help="print each leader, do not campaign")
     elect.add_argument("--count", type=int, help="with --listen: stop after this many leaders")
     elect.add_argument("--timeout", type=float, help="give up campaigning after this many seconds")
-    return parser
 
 
 async def _status(client: Client, args: argparse.Namespace) -> int:

@@ -140,39 +140,13 @@ class RetryPolicy:
             if deadline is not None:
                 stop = stop | tenacity.stop_before_delay(deadline)
         log = logger or _log
-
-        def before_sleep(state: tenacity.RetryCallState) -> None:
-            outcome = state.outcome
-            error = outcome.exception() if outcome is not None else None
-            wait = state.next_action.sleep if state.next_action is not None else 0.0
-            log.debug(
-                "%s failed (attempt %d: %s); retrying in %.3f s",
-                what,
-                state.attempt_number,
-                describe_error(error),
-                wait,
-            )
-
-        def gave_up(state: tenacity.RetryCallState) -> None:
-            assert state.outcome is not None
-            error = state.outcome.exception()
-            assert error is not None
-            log.warning(
-                "%s: gave up after %d attempt(s) in %.1f s: %s",
-                what,
-                state.attempt_number,
-                state.seconds_since_start or 0.0,
-                describe_error(error),
-            )
-            raise error
-
         return tenacity.AsyncRetrying(
             sleep=anyio.sleep,
             stop=stop,
             wait=self.wait(),
             retry=_retry_condition(retry_on),
-            before_sleep=before_sleep,
-            retry_error_callback=gave_up,
+            before_sleep=_log_retry(log, what),
+            retry_error_callback=_give_up(log, what),
         )
 
     async def call(
@@ -260,6 +234,43 @@ class Backoff:
             delay,
         )
         await anyio.sleep(delay)
+
+
+def _log_retry(log: logging.Logger, what: str) -> Callable[[tenacity.RetryCallState], None]:
+    """tenacity's ``before_sleep``: one DEBUG line per retry."""
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        outcome = state.outcome
+        error = outcome.exception() if outcome is not None else None
+        wait = state.next_action.sleep if state.next_action is not None else 0.0
+        log.debug(
+            "%s failed (attempt %d: %s); retrying in %.3f s",
+            what,
+            state.attempt_number,
+            describe_error(error),
+            wait,
+        )
+
+    return before_sleep
+
+
+def _give_up(log: logging.Logger, what: str) -> Callable[[tenacity.RetryCallState], None]:
+    """tenacity's ``retry_error_callback``: one WARNING, then the last error again."""
+
+    def gave_up(state: tenacity.RetryCallState) -> None:
+        assert state.outcome is not None
+        error = state.outcome.exception()
+        assert error is not None
+        log.warning(
+            "%s: gave up after %d attempt(s) in %.1f s: %s",
+            what,
+            state.attempt_number,
+            state.seconds_since_start or 0.0,
+            describe_error(error),
+        )
+        raise error
+
+    return gave_up
 
 
 def _retry_condition(retry_on: RetryOn) -> tenacity.retry_base:

@@ -197,51 +197,17 @@ def _apply(
     op: CreateOp | SetOp | DeleteOp,
     lease: int,
 ) -> CoordkitError | None:
-    path = op.path
+    """Play ``op`` on ``model``, adding its writes to ``plan``; its error, if any."""
     if isinstance(op, CreateOp):
-        up = parent(path)
-        if not model.exists.get(up, False):
-            return NoNodeError(f"parent of {path!r} does not exist")
-        if model.lease.get(up, 0):
-            return NoChildrenForEphemeralsError(f"{up!r} is ephemeral")
-        if op.sequential:
-            number = model.counter[up]
-            model.counter[up] = number + 1
-            path = f"{path}{number:0{SEQUENCE_DIGITS}d}"
-            if path not in seen.kv:
-                plan.unknown.add(path)
-                return None
-        if model.exists.get(path, False):
-            return NodeExistsError(path)
-        owner = lease if op.ephemeral else 0
-        model.exists[path], model.lease[path], model.version[path] = True, owner, 1
-        model.count[path] = 0
-        model.count[up] = model.count.get(up, 0) + 1
-        model.created.add(path)
-        plan.put(layout.data(path), op.value, owner)
-        plan.put(layout.index(path), b"", owner)
-        plan.results.append(("created", (path, op.value, owner)))
-        return None
+        return _apply_create(layout, seen, model, plan, op, lease)
+    path = op.path
     if not model.exists.get(path, False):
         return NoNodeError(path)
     expected = None if op.version is None else (op.version if path == "/" else op.version + 1)
     if expected is not None and model.version[path] != expected:
         return BadVersionError(f"{path}: version is not {op.version}")
     if isinstance(op, DeleteOp):
-        if model.count.get(path, 0):
-            return NotEmptyError(path)
-        if path not in model.created:
-            kids = layout.children(path)
-            plan.pins.append(
-                ops.compare(kids, ops.CREATE, ops.LESS, seen.revision + 1, prefix_end(kids))
-            )
-        model.exists[path] = False
-        model.count[parent(path)] -= 1
-        plan.delete(layout.data(path))
-        plan.delete(layout.index(path))
-        plan.delete(layout.sequence(path))
-        plan.results.append(("none", None))
-        return None
+        return _apply_delete(layout, seen, model, plan, path)
     model.version[path] += 1
     kids = layout.children(path)
     plan.put(layout.data(path), op.value, None if path != "/" else 0)
@@ -250,6 +216,53 @@ def _apply(
     plan.results.append(("get", (path, -1 - len(plan.finals))))
     plan.finals.append(ops.range_op(layout.data(path)))
     plan.finals.append(ops.range_op(kids, prefix_end(kids), count_only=True))
+    return None
+
+
+def _apply_create(
+    layout: KeyLayout, seen: _Seen, model: _Model, plan: _Plan, op: CreateOp, lease: int
+) -> CoordkitError | None:
+    path, up = op.path, parent(op.path)
+    if not model.exists.get(up, False):
+        return NoNodeError(f"parent of {path!r} does not exist")
+    if model.lease.get(up, 0):
+        return NoChildrenForEphemeralsError(f"{up!r} is ephemeral")
+    if op.sequential:
+        number = model.counter[up]
+        model.counter[up] = number + 1
+        path = f"{path}{number:0{SEQUENCE_DIGITS}d}"
+        if path not in seen.kv:
+            plan.unknown.add(path)
+            return None
+    if model.exists.get(path, False):
+        return NodeExistsError(path)
+    owner = lease if op.ephemeral else 0
+    model.exists[path], model.lease[path], model.version[path] = True, owner, 1
+    model.count[path] = 0
+    model.count[up] = model.count.get(up, 0) + 1
+    model.created.add(path)
+    plan.put(layout.data(path), op.value, owner)
+    plan.put(layout.index(path), b"", owner)
+    plan.results.append(("created", (path, op.value, owner)))
+    return None
+
+
+def _apply_delete(
+    layout: KeyLayout, seen: _Seen, model: _Model, plan: _Plan, path: str
+) -> CoordkitError | None:
+    if model.count.get(path, 0):
+        return NotEmptyError(path)
+    if path not in model.created:
+        kids = layout.children(path)
+        plan.pins.append(
+            ops.compare(kids, ops.CREATE, ops.LESS, seen.revision + 1, prefix_end(kids))
+        )
+    model.exists[path] = False
+    model.count[parent(path)] -= 1
+    plan.delete(layout.data(path))
+    plan.delete(layout.index(path))
+    plan.delete(layout.sequence(path))
+    plan.results.append(("none", None))
     return None
 
 
