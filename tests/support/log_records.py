@@ -59,6 +59,15 @@ class LogRecords(logging.Handler):
             raise TimeoutError(f"no {times} record(s) matching {pattern!r}: {self.lines(0)}")
 
 
+def coordkit_lines(records: list[logging.LogRecord]) -> list[str]:
+    """``LEVEL message`` of coordkit's records (e.g. ``caplog.records``) at INFO and above."""
+    return [
+        f"{r.levelname} {r.getMessage()}"
+        for r in records
+        if r.name.startswith("coordkit") and r.levelno >= logging.INFO
+    ]
+
+
 @contextmanager
 def log_records(name: str = "coordkit") -> Iterator[LogRecords]:
     """Attach a :class:`LogRecords` to logger ``name`` (at DEBUG) for the block."""

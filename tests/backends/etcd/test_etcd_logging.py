@@ -15,7 +15,7 @@ import uuid
 import anyio
 import pytest
 from etcd_servers import EtcdCluster, bounded, require_asyncio_and_client
-from log_records import log_records
+from log_records import coordkit_lines, log_records
 
 import coordkit
 from coordkit.backends.etcd.backend import EtcdBackend
@@ -32,15 +32,6 @@ def etcd_to_stop(anyio_backend: str, request: pytest.FixtureRequest) -> EtcdClus
     require_asyncio_and_client(anyio_backend)
     server: EtcdCluster = request.getfixturevalue("etcd_private_server")
     return server
-
-
-def coordkit_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """``LEVEL message`` of coordkit's records at INFO and above."""
-    return [
-        f"{r.levelname} {r.getMessage()}"
-        for r in caplog.records
-        if r.name.startswith("coordkit") and r.levelno >= logging.INFO
-    ]
 
 
 async def restart(cluster: EtcdCluster) -> None:
@@ -72,7 +63,7 @@ async def test_a_short_outage_logs_the_loss_then_the_restored_connection_once_ea
             await backend.wait_renewed(time.monotonic())  # and the keepalive goes on
         assert client.session is session and not session.lost
     endpoint = f"127.0.0.1:{member.client_port}"
-    lost, restored = coordkit_lines(caplog)
+    lost, restored = coordkit_lines(caplog.records)
     assert lost.startswith(f"WARNING etcd connection to {endpoint} (member ")
     assert ") lost (ConnectionLostError: " in lost
     assert lost.endswith(f"; reconnecting, session {session.id:#x} suspended")
@@ -100,7 +91,7 @@ async def test_an_outage_beyond_the_ttl_logs_the_lost_connection_and_session_and
             new = await client.live_session()
         assert old.lost and not new.lost and new is not old and old.successor is new
         assert await client.get("/") is not None  # working again, under the new session
-    lost, expired, opened = coordkit_lines(caplog)
+    lost, expired, opened = coordkit_lines(caplog.records)
     assert lost.startswith("WARNING etcd connection to ")
     assert lost.endswith(f"session {old.id:#x} suspended")
     assert expired.startswith(f"WARNING etcd session {old.id:#x} lost: its lease was not renewed")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from log_records import log_records
+from log_records import coordkit_lines, log_records
 from zookeeper_servers import ZooKeeperEnsemble, make_standalone
 
 import coordkit
@@ -40,15 +40,6 @@ def zookeeper_to_stop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooK
         ensemble.stop()
 
 
-def coordkit_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """``LEVEL message`` of coordkit's records at INFO and above."""
-    return [
-        f"{r.levelname} {r.getMessage()}"
-        for r in caplog.records
-        if r.name.startswith("coordkit") and r.levelno >= logging.INFO
-    ]
-
-
 async def test_a_short_outage_logs_the_loss_then_the_restored_connection_once_each(
     zookeeper_to_stop: ZooKeeperEnsemble, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -68,7 +59,7 @@ async def test_a_short_outage_logs_the_loss_then_the_restored_connection_once_ea
                 await records.wait_for(r"^ZooKeeper connection to .* restored")
                 assert await client.get("/") is not None  # and requests go through
             assert client.session is session and not session.lost
-    lost, restored = coordkit_lines(caplog)
+    lost, restored = coordkit_lines(caplog.records)
     assert lost == (
         f"WARNING ZooKeeper connection to {server.address} lost (Connection dropped: "
         f"socket connection broken); reconnecting, session {session.id:#x} suspended"
@@ -94,7 +85,7 @@ async def test_an_expired_session_logs_its_loss_and_the_new_session_once_each(
                 new = await client.live_session()
                 assert await client.get("/") is not None
     assert old.lost and new is not old and old.successor is new
-    lines = coordkit_lines(caplog)
+    lines = coordkit_lines(caplog.records)
     # The server closes the expired session's connection first (or kazoo sees
     # the expiry when it reconnects): a connection line may come before.
     if len(lines) == 3:
