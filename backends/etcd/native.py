@@ -39,7 +39,7 @@ from coordkit.paths import join
 from coordkit.recipes.base import Contender, unless_session_lost
 from coordkit.recipes.election import Election
 from coordkit.recipes.lock import Lock
-from coordkit.retry import describe_error
+from coordkit.retry import Backoff, describe_error
 
 from . import ops
 from .keys import prefix_end
@@ -65,24 +65,27 @@ class EtcdLock(Lock):
     one); the key's value is the identifier (``etcdctl`` writes an empty one).
     """
 
-    def __init__(
-        self,
-        client: Client,
-        path: str,
-        identifier: str | None = None,
-        *,
-        reentrant: bool = False,
-    ) -> None:
-        super().__init__(client, path, identifier, reentrant=reentrant)
-        self.backend: EtcdBackend = client.backend  # type: ignore[assignment]
-        self.name = self.backend.layout.native_name(path)
-        self.prefix = (self.name + "/").encode()
-        #: the key we queued under (or may have: a put whose answer was lost).
-        self._key: bytes | None = None
-        self._turn: anyio.Semaphore | None = None
-        #: the revision the last queue listing was read at.
-        self._listed_at = 0
-        self._backoff = client.options.retry.backoff(what=f"etcd watch in {self.name}", logger=log)
+    #: the key we queued under (or may have: a put whose answer was lost).
+    _key: bytes | None = None
+    #: this client's turn for the name, while we hold it.
+    _turn: anyio.Semaphore | None = None
+    #: the revision the last queue listing was read at.
+    _listed_at = 0
+    _backoff: Backoff | None = None
+
+    @property
+    def backend(self) -> EtcdBackend:
+        backend: EtcdBackend = self.client.backend
+        return backend
+
+    @property
+    def name(self) -> str:
+        """The etcd name (``etcdctl lock NAME``): the URL's key prefix, then the path."""
+        return self.backend.layout.native_name(self.path)
+
+    @property
+    def prefix(self) -> bytes:
+        return (self.name + "/").encode()
 
     async def contenders(self) -> list[str]:
         """Identifiers of the queued contenders, holder first (lease hex for etcdctl's)."""
@@ -152,12 +155,18 @@ class EtcdLock(Lock):
         queue again); SessionExpiredError if ``session`` ends first."""
         key = self.prefix + blockers[-1].name.encode()
 
+        if self._backoff is None:
+            self._backoff = self.client.options.retry.backoff(
+                what=f"etcd watch in {self.name}", logger=log
+            )
+        backoff = self._backoff
+
         async def wait() -> None:
             try:
                 await _deleted_after(self.backend, key, self._listed_at)
-                self._backoff.reset()
+                backoff.reset()
             except _BROKEN as exc:
-                await self._backoff.wait(exc)  # then the queue is read again
+                await backoff.wait(exc)  # then the queue is read again
 
         await unless_session_lost(wait, session)
 
