@@ -58,6 +58,8 @@ class Leases:
         self._renewed = anyio.Event()  # set (and replaced) at each confirmation
         #: the id of a lease being granted (revoked if open() fails).
         self.granting = 0
+        #: the etcd member that answered the keepalives last (0: not known).
+        self._member = 0
 
     # -- the current session ---------------------------------------------------
 
@@ -215,6 +217,8 @@ class Leases:
             reply = await stream.read()
         if reply is grpc.aio.EOF:
             raise ConnectionLostError("etcd ended the keepalive stream")
+        self._channel().heard_from(reply)
+        self._member = int(reply.header.member_id)
         if session.id != reply.ID or session is not self._session:
             return  # the answer for a session replaced meanwhile
         if reply.TTL <= 0:
@@ -224,7 +228,7 @@ class Leases:
         if session.mark_connected():
             log.info(
                 "etcd connection to %s restored; session %#x kept",
-                self._channel().describe(),
+                self._channel().describe(self._member),
                 session.id,
             )
 
@@ -232,7 +236,7 @@ class Leases:
         session = self._session
         if session is not None and session.mark_suspended():
             try:
-                endpoint = self._channel().describe()
+                endpoint = self._channel().describe(self._member)
             except ClientClosedError:
                 return  # closing: not a connection problem
             log.warning(

@@ -343,15 +343,21 @@ class EtcdChannel:
             )
         except grpc.aio.AioRpcError as exc:
             raise map_error(exc) from exc
+        self.heard_from(reply)
+        return reply
+
+    def heard_from(self, reply: Any) -> None:
+        """Note the member that sent ``reply`` (its header's member id)."""
         header = getattr(reply, "header", None)
         if header is not None and header.member_id:
             self.member_id = int(header.member_id)
-        return reply
 
-    def describe(self) -> str:
-        """The endpoints as the URL gave them, and the member last heard from."""
+    def describe(self, member_id: int | None = None) -> str:
+        """The endpoints as the URL gave them, and the member (default: the
+        member last heard from)."""
+        member = self.member_id if member_id is None else member_id
         endpoints = self.target.removeprefix("ipv4:").removeprefix("ipv6:")
-        return f"{endpoints} (member {self.member_id:x})" if self.member_id else endpoints
+        return f"{endpoints} (member {member:x})" if member else endpoints
 
     async def _unary(self, call: Any, idempotent: bool) -> Any:
         task = asyncio.ensure_future(_await(call))
