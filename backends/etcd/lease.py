@@ -58,7 +58,8 @@ class Leases:
         self._renewed = anyio.Event()  # set (and replaced) at each confirmation
         #: the id of a lease being granted (revoked if open() fails).
         self.granting = 0
-        #: the etcd member that answered the keepalives last (0: not known).
+        #: the etcd member that answered the keepalives last (0: none yet; then
+        #: the log names the member that answered the last call).
         self._member = 0
 
     # -- the current session ---------------------------------------------------
@@ -228,7 +229,7 @@ class Leases:
         if session.mark_connected():
             log.info(
                 "etcd connection to %s restored; session %#x kept",
-                self._channel().describe(self._member),
+                self._channel().describe(self._member or None),
                 session.id,
             )
 
@@ -236,7 +237,7 @@ class Leases:
         session = self._session
         if session is not None and session.mark_suspended():
             try:
-                endpoint = self._channel().describe(self._member)
+                endpoint = self._channel().describe(self._member or None)
             except ClientClosedError:
                 return  # closing: not a connection problem
             log.warning(
