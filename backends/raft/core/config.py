@@ -37,6 +37,11 @@ class RaftConfig:
     # Batch proposals: the leader sends appends once per Ready, carrying every
     # entry proposed since, instead of one append per proposal.
     batch_appends: bool = True
+    # Asynchronous storage writes (etcd's AsyncStorageWrites; dissertation
+    # §10.2.1): ready() hands writes out without waiting for them, several may
+    # be in flight, and the application reports each one durable with
+    # persisted(). See Ready for the contract. Off: persist, then advance().
+    async_storage_writes: bool = False
 
     def __post_init__(self) -> None:
         if self.heartbeat_tick <= 0:

@@ -27,6 +27,11 @@ __all__ = ["LeaderRole"]
 
 MT = MessageType
 
+# With asynchronous storage writes, replies that the receiver counts on our
+# disk for wait until the Ready they follow is durable (Ready.persisted_messages
+# says why each one).
+AFTER_PERSIST = frozenset({MT.APP_RESP, MT.VOTE_RESP, MT.PRE_VOTE_RESP})
+
 
 class LeaderRole:
     id: str
@@ -37,6 +42,7 @@ class LeaderRole:
     role: Role
     prs: dict[str, Progress]
     msgs: list[Message]
+    msgs_after_persist: list[Message]
     read_states: list[ReadState]
     read_only: ReadOnly
     pending_reads: list[tuple[bytes, str]]
@@ -241,7 +247,10 @@ class LeaderRole:
     # -- sending -----------------------------------------------------------------------------
 
     def _send(self, m: Message) -> None:
-        self.msgs.append(m)
+        if self.cfg.async_storage_writes and m.type in AFTER_PERSIST:
+            self.msgs_after_persist.append(m)
+        else:
+            self.msgs.append(m)
 
     def _bcast_append(self) -> None:
         for nid in self.prs:

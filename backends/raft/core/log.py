@@ -5,6 +5,10 @@ Invariants:
 - ``unstable.entries`` are contiguous, start at ``unstable.offset``, and are
   not yet known to be durable; everything before ``offset`` comes from storage
   (or from ``unstable.snapshot`` while one waits to be persisted).
+- ``offset <= offset_in_progress <= offset + len(entries)``: the entries below
+  ``offset_in_progress`` have been handed out in a Ready and are being written;
+  the rest are handed out by the next Ready. Replacing an entry that is being
+  written moves ``offset_in_progress`` back, so the replacement is written too.
 - ``committed <= last_index()`` and ``applied <= committed``; neither moves back.
 - An entry at or below ``committed`` is never overwritten (checked, not assumed).
 """
@@ -27,6 +31,29 @@ class Unstable:
     offset: int
     entries: list[Entry] = field(default_factory=list)
     snapshot: Snapshot | None = None
+    # Entries below this index (and the snapshot, if snapshot_in_progress)
+    # were handed out in a Ready and are being written.
+    offset_in_progress: int = 0
+    snapshot_in_progress: bool = False
+
+    def __post_init__(self) -> None:
+        self.offset_in_progress = max(self.offset_in_progress, self.offset)
+
+    def has_next_entries(self) -> bool:
+        return self.offset_in_progress < self.offset + len(self.entries)
+
+    def next_entries(self) -> list[Entry]:
+        """Entries not handed out yet."""
+        return self.entries[self.offset_in_progress - self.offset :]
+
+    def next_snapshot(self) -> Snapshot | None:
+        """The snapshot, if it was not handed out yet."""
+        return None if self.snapshot_in_progress else self.snapshot
+
+    def accept_in_progress(self) -> None:
+        """Everything unstable was just handed out in a Ready."""
+        self.offset_in_progress = self.offset + len(self.entries)
+        self.snapshot_in_progress = self.snapshot is not None
 
     def maybe_first_index(self) -> int | None:
         return self.snapshot.meta.index + 1 if self.snapshot is not None else None
@@ -52,15 +79,19 @@ class Unstable:
             return  # replaced since it was handed out; the newer one is still pending
         del self.entries[: index + 1 - self.offset]
         self.offset = index + 1
+        self.offset_in_progress = max(self.offset_in_progress, self.offset)
 
     def stable_snap_to(self, index: int) -> None:
         if self.snapshot is not None and self.snapshot.meta.index == index:
             self.snapshot = None
+            self.snapshot_in_progress = False
 
     def restore(self, snap: Snapshot) -> None:
         self.offset = snap.meta.index + 1
+        self.offset_in_progress = self.offset
         self.entries = []
         self.snapshot = snap
+        self.snapshot_in_progress = False
 
     def truncate_and_append(self, ents: list[Entry]) -> None:
         first = ents[0].index
@@ -69,10 +100,12 @@ class Unstable:
         elif first <= self.offset:
             # Replaces part of the durable log too: storage truncates on append.
             self.offset = first
+            self.offset_in_progress = first
             self.entries = list(ents)
         else:
             del self.entries[first - self.offset :]
             self.entries.extend(ents)
+            self.offset_in_progress = min(self.offset_in_progress, first)
 
     def slice(self, lo: int, hi: int) -> list[Entry]:
         return self.entries[lo - self.offset : hi - self.offset]
@@ -225,14 +258,27 @@ class RaftLog:
             assert self.applied <= index <= self.committed, (self.applied, index, self.committed)
             self.applied = index
 
-    def has_next_committed(self) -> bool:
-        return self.unstable.snapshot is None and self.committed > self.applied
+    def max_appliable_index(self, allow_unstable: bool) -> int:
+        """The last committed index that may be handed out for applying.
 
-    def next_committed(self, max_size: int | None) -> list[Entry]:
+        With ``allow_unstable`` False, only entries already durable here (below
+        the unstable offset) qualify, even if they are committed.
+        """
+        if allow_unstable:
+            return self.committed
+        return min(self.committed, self.unstable.offset - 1)
+
+    def has_next_committed(self, allow_unstable: bool = True) -> bool:
+        return (
+            self.unstable.snapshot is None
+            and self.max_appliable_index(allow_unstable) > self.applied
+        )
+
+    def next_committed(self, max_size: int | None, allow_unstable: bool = True) -> list[Entry]:
         """Committed entries not yet handed out for applying (none while a snapshot waits)."""
-        if not self.has_next_committed():
+        if not self.has_next_committed(allow_unstable):
             return []
-        return self.slice(self.applied + 1, self.committed + 1, max_size)
+        return self.slice(self.applied + 1, self.max_appliable_index(allow_unstable) + 1, max_size)
 
     def restore(self, snap: Snapshot) -> None:
         """Replace the log by a snapshot from the leader (it covers our commit index)."""

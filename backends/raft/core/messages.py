@@ -219,7 +219,8 @@ class ReadState:
 class Ready:
     """Work handed to the application by :meth:`RaftCore.ready`.
 
-    Handle it in this order, then call :meth:`RaftCore.advance` with it:
+    **Synchronous writes** (the default): handle it in this order, then call
+    :meth:`RaftCore.advance` with it; ``persisted_messages`` is always empty.
 
     1. persist ``snapshot`` (if any), then append ``entries`` (which may replace
        a suffix of the stored log), then store ``hard_state`` (if not None);
@@ -228,6 +229,41 @@ class Ready:
        a vote, an acknowledged append);
     3. install ``snapshot`` into the state machine, then apply
        ``committed_entries`` in order; serve ``read_states`` once applied.
+
+    **Asynchronous writes** (``RaftConfig.async_storage_writes``): the writes
+    of several Readies may be in flight at once.
+
+    1. hand ``snapshot``, ``entries`` and ``hard_state`` (in that order) to a
+       writer that makes them durable in Ready order; do not write them into
+       the core's :class:`Storage` yet;
+    2. send ``messages`` at once (nothing in them waits for this node's disk:
+       the leader's appends go out while it writes the same entries itself);
+    3. install ``snapshot`` (committed state only; a state machine that
+       persists itself apart from the log installs it at step 4 instead: no
+       entry after it is handed out before then), apply ``committed_entries``
+       (they are already durable here), serve ``read_states`` once applied;
+       then call :meth:`RaftCore.advance`. ``ready()`` may be called again
+       right away;
+    4. when the writer has made this Ready's writes durable (and every earlier
+       Ready's), write them into the core's Storage (snapshot, entries, hard
+       state: exactly what step 1 wrote), call :meth:`RaftCore.persisted` with
+       this Ready, and only then send ``persisted_messages``. Every Ready is
+       reported, in order, also one with nothing to write (it is durable as
+       soon as the Readies before it are).
+
+    ``persisted_messages`` are the replies whose content the receiver counts
+    on this node's disk for: append acknowledgements (an acknowledged entry
+    counts towards a commit, so it must survive a crash, §3.8) and vote
+    replies (a granted vote must be durable, or a restart could vote twice
+    in the term). Rejections and pre-vote replies wait too: they describe a
+    term and log that may still be in flight, and like etcd we do not rely
+    on their being safe to send early. Everything else goes out at once:
+    appends, snapshots, heartbeats and TimeoutNow (they describe the
+    leader's log, and its own copy counts only once persisted() says it is
+    durable), vote requests (the candidate's own vote counts only once
+    durable, and a crash loses the tally with it), heartbeat replies (they
+    acknowledge a leader's term, not log contents) and ReadIndex traffic
+    (its index is the commit index, made of durable acknowledgements only).
     """
 
     soft_state: SoftState | None = None
@@ -238,3 +274,4 @@ class Ready:
     messages: tuple[Message, ...] = ()
     read_states: tuple[ReadState, ...] = ()
     must_sync: bool = False
+    persisted_messages: tuple[Message, ...] = ()

@@ -2,15 +2,17 @@
 
 The application drives it: ``tick()`` on a timer, ``step(msg)`` for every
 message received, ``propose``/``read_index``/... for client requests, then
-``ready()`` -> persist, send, apply -> ``advance()`` (see :class:`Ready`).
+``ready()`` -> persist, send, apply -> ``advance()`` (see :class:`Ready`;
+with asynchronous storage writes, also ``persisted()``: see ready.py).
 
 Invariants the core maintains (the simulator checks them):
 
 - Entries and the hard state are handed out for persistence in the same
   Ready as, or before, any message that depends on them; the application
-  persists before it sends.
+  persists before it sends such a message.
 - A leader counts itself towards a commit only for entries it has persisted
-  (its own acknowledgement happens in ``advance``).
+  (its own acknowledgement happens in ``advance``, or ``persisted``), and a
+  candidate (with asynchronous writes) its own vote only once it is durable.
 - Replica counting commits only entries of the current term (Figure 8);
   earlier entries commit with them.
 - Randomness comes only from the injected ``random.Random``.
@@ -18,12 +20,13 @@ Invariants the core maintains (the simulator checks them):
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .confchange import Membership, apply_change
 from .config import RaftConfig
 from .errors import ConfChangeError, NotLeaderError, ProposalDroppedError
-from .leader import LeaderRole
 from .log import RaftLog
 from .messages import (
     CAMPAIGN_TRANSFER,
@@ -43,6 +46,7 @@ from .messages import (
 from .progress import Progress
 from .quorum import VoteResult, vote_result
 from .readonly import ReadOnly
+from .ready import ReadyCycle
 from .storage import Storage
 
 if TYPE_CHECKING:
@@ -53,7 +57,7 @@ __all__ = ["RaftCore"]
 MT = MessageType
 
 
-class RaftCore(LeaderRole):
+class RaftCore(ReadyCycle):
     """One Raft node. Not thread-safe; every call is synchronous and does no I/O."""
 
     def __init__(
@@ -76,6 +80,7 @@ class RaftCore(LeaderRole):
         self.prs: dict[str, Progress] = {}
         self.votes: dict[str, bool] = {}
         self.msgs: list[Message] = []
+        self.msgs_after_persist: list[Message] = []
         self.read_states: list[ReadState] = []
         self.read_only = ReadOnly()
         # Reads that arrived before this leader committed an entry of its term.
@@ -89,6 +94,8 @@ class RaftCore(LeaderRole):
         self._prev_soft = SoftState(None, Role.FOLLOWER)
         self._prev_hard = hs
         self._in_ready: Ready | None = None
+        self._unpersisted = deque()
+        self._durable_hard = hs
         self._become_follower(self.term, None)
 
     # -- status ------------------------------------------------------------------
@@ -137,20 +144,32 @@ class RaftCore(LeaderRole):
         """Start an election now (as if the election timeout had elapsed)."""
         self._hup(transfer=False)
 
-    def propose(self, data: bytes) -> int:
-        """Append a command to the leader's log; returns its index.
+    def propose(self, data: bytes | Sequence[bytes]) -> int:
+        """Append a command, or a batch of commands, to the leader's log.
 
-        The entry is not committed yet: it may still be lost if leadership
-        changes. The application learns the outcome when (and if) the entry at
-        this index with this node's current term is applied.
-        Raises NotLeaderError or ProposalDroppedError; nothing is appended then.
+        Returns the index of the (first) entry; a batch occupies consecutive
+        indexes from there, appended in one go: all of it or, when the
+        uncommitted-log cap would be exceeded, none (ProposalDroppedError).
+        The entries are not committed yet: they may still be lost if
+        leadership changes. The application learns the outcome when (and if)
+        the entry at each index with this node's current term is applied.
+        Raises NotLeaderError or ProposalDroppedError, and TypeError /
+        ValueError for a batch that is not a non-empty sequence of bytes;
+        nothing is appended then.
         """
+        batch = [data] if isinstance(data, bytes) else list(data)
+        if not batch:
+            raise ValueError("propose() needs at least one command")
+        for item in batch:
+            if not isinstance(item, bytes):
+                raise TypeError(f"a command must be bytes, not {type(item).__name__}")
         self._check_can_propose()
-        index = self.log.last_index() + 1
-        if not self._append_entries([Entry(self.term, index, EntryType.NORMAL, data)]):
+        first = self.log.last_index() + 1
+        ents = [Entry(self.term, first + i, EntryType.NORMAL, d) for i, d in enumerate(batch)]
+        if not self._append_entries(ents):
             raise ProposalDroppedError("the uncommitted log is full")
         self._after_append()
-        return index
+        return first
 
     def propose_conf_change(
         self, change_type: ConfChangeType, node: str, context: bytes = b""
@@ -250,11 +269,21 @@ class RaftCore(LeaderRole):
             else:
                 self._become_follower(m.term, None)
         elif m.term < self.term:
-            if (self.cfg.check_quorum or self.cfg.pre_vote) and m.type in (MT.APP, MT.HEARTBEAT):
-                # A stale leader: tell it our term so it steps down.
+            if m.type in (MT.APP, MT.HEARTBEAT):
+                # A stale leader: tell it our term so it steps down (Figure 3.1:
+                # reply false). Always, not only with pre-vote or check-quorum as
+                # in etcd: a node that was removed, then re-added while its term
+                # moved on, never campaigns again (it believes itself removed),
+                # so nothing else would ever tell the stale leader, and without
+                # check-quorum it would lead a configuration it cannot commit in.
                 self._send(Message(MT.APP_RESP, self.id, m.frm, self.term))
-            elif m.type is MT.PRE_VOTE:
-                self._send(Message(MT.PRE_VOTE_RESP, self.id, m.frm, self.term, reject=True))
+            elif m.type is MT.PRE_VOTE or m.type is MT.VOTE:
+                # Reject with our term so the candidate catches up (Figure 3.1).
+                # A candidate whose configuration needs us, while our stale
+                # configuration has us campaigning among nodes that will never
+                # elect us, would otherwise trail our term for ever.
+                resp = MT.PRE_VOTE_RESP if m.type is MT.PRE_VOTE else MT.VOTE_RESP
+                self._send(Message(resp, self.id, m.frm, self.term, reject=True))
             return
         if m.type is MT.VOTE or m.type is MT.PRE_VOTE:
             self._handle_vote_request(m)
@@ -264,77 +293,6 @@ class RaftCore(LeaderRole):
             self._step_follower(m)
         else:
             self._step_candidate(m)
-
-    # -- Ready / advance -------------------------------------------------------------
-
-    def has_ready(self) -> bool:
-        """Whether ready() has anything to hand out (never while a Ready awaits advance())."""
-        if self._in_ready is not None:
-            return False
-        u = self.log.unstable
-        return bool(
-            self.msgs
-            or self.read_states
-            or u.entries
-            or u.snapshot is not None
-            or self._bcast_pending
-            or self.log.has_next_committed()
-            or self.soft_state() != self._prev_soft
-            or self.hard_state() != self._prev_hard
-        )
-
-    def ready(self) -> Ready:
-        """Hand out what to persist, send and apply; call advance() with it when done."""
-        if self._in_ready is not None:
-            raise RuntimeError("ready() called again before advance()")
-        if self._bcast_pending:
-            self._bcast_pending = False
-            if self.role is Role.LEADER:
-                self._bcast_append()
-        soft, hard = self.soft_state(), self.hard_state()
-        u = self.log.unstable
-        rd = Ready(
-            soft_state=soft if soft != self._prev_soft else None,
-            hard_state=hard if hard != self._prev_hard else None,
-            entries=tuple(u.entries),
-            snapshot=u.snapshot,
-            committed_entries=tuple(self.log.next_committed(self.cfg.max_committed_size_per_ready)),
-            messages=tuple(self.msgs),
-            read_states=tuple(self.read_states),
-            must_sync=bool(
-                u.entries
-                or u.snapshot is not None
-                or hard.term != self._prev_hard.term
-                or hard.vote != self._prev_hard.vote
-            ),
-        )
-        self.msgs = []
-        self.read_states = []
-        self._prev_soft, self._prev_hard = soft, hard
-        self._in_ready = rd
-        return rd
-
-    def advance(self, rd: Ready) -> None:
-        """The application persisted, sent and applied everything in ``rd``."""
-        if rd is not self._in_ready:
-            raise RuntimeError("advance() needs the Ready returned by the last ready()")
-        self._in_ready = None
-        if rd.snapshot is not None:
-            self.log.stable_snap_to(rd.snapshot.meta.index)
-        if rd.entries:
-            self.log.stable_to(rd.entries[-1].index, rd.entries[-1].term)
-        if rd.committed_entries:
-            self.log.applied_to(rd.committed_entries[-1].index)
-            applied = sum(len(e.data) for e in rd.committed_entries)
-            self.uncommitted_size = max(0, self.uncommitted_size - applied)
-        # The leader's own acknowledgement: only what is durable counts.
-        own = self.prs.get(self.id) if self.role is Role.LEADER else None
-        if (
-            own is not None
-            and own.maybe_update(self.log.stable_last_index())
-            and self._maybe_commit()
-        ):
-            self._on_commit_advanced()
 
     # -- roles -------------------------------------------------------------------------
 
@@ -413,7 +371,13 @@ class RaftCore(LeaderRole):
         else:
             self._become_candidate()
             term = self.term
-        if self._poll(self.id, True) is VoteResult.WON:
+        if kind is MT.VOTE and self.cfg.async_storage_writes:
+            # Our own vote counts once it is durable (persisted()): a restart
+            # that lost it could vote for another candidate in this term.
+            result = vote_result(self.conf.voters, self.votes)
+        else:
+            result = self._poll(self.id, True)
+        if result is VoteResult.WON:
             self._on_election_won()
             return
         ctx = CAMPAIGN_TRANSFER if transfer else b""
@@ -421,6 +385,16 @@ class RaftCore(LeaderRole):
         for v in self.conf.voters:
             if v != self.id:
                 self._send(Message(kind, self.id, v, term, last_term, last, context=ctx))
+
+    def _on_own_vote_durable(self) -> None:
+        hs = self._durable_hard
+        if hs.term != self.term or hs.vote != self.id or self.id in self.votes:
+            return
+        result = self._poll(self.id, True)
+        if result is VoteResult.WON:
+            self._on_election_won()
+        elif result is VoteResult.LOST:
+            self._become_follower(self.term, None)
 
     def _poll(self, nid: str, granted: bool) -> VoteResult:
         self.votes.setdefault(nid, granted)  # only the first answer of each voter counts

@@ -14,7 +14,8 @@ from sim.invariants import SafetyChecker, SafetyViolation
 from sim.linearizability import Operation, check_history, check_key
 from sim.schedule import run_schedule
 
-from coordkit.backends.raft.core.messages import Entry
+from coordkit.backends.raft.core.messages import ConfState, Entry, Role
+from coordkit.backends.raft.core.storage import MemoryStorage
 
 INF = float("inf")
 
@@ -136,6 +137,9 @@ class _StubLog:
     def term(self, index: int) -> int | None:
         return self.terms.get(index)
 
+    def slice(self, lo: int, hi: int) -> list[Entry]:
+        return [Entry(self.terms[i], i) for i in range(lo, hi)]
+
 
 class _StubCore:
     def __init__(self, term: int, terms: dict[int, int]) -> None:
@@ -176,3 +180,52 @@ def test_a_seed_replays_exactly_across_processes_and_hash_seeds() -> None:
         )
         outs.add(proc.stdout.strip())
     assert outs == {run_schedule(7).fingerprint}
+
+
+class _StubLeader:
+    role = Role.LEADER
+    term = 2
+    commit_index = 1
+    conf = ConfState.of(["a", "b", "c"])
+    log = _StubLog({1: 2})
+
+
+def test_safety_checker_rejects_a_commit_not_durable_on_a_quorum() -> None:
+    disks = {n: MemoryStorage(ConfState.of(["a", "b", "c"])) for n in "abc"}
+    disks["a"].append([Entry(2, 1)])
+    checker = SafetyChecker()
+    with pytest.raises(SafetyViolation, match="durable commitment"):
+        checker.on_commit("a", _StubLeader(), disks, {})  # type: ignore[arg-type]
+    disks["c"].append([Entry(2, 1)])
+    checker = SafetyChecker()
+    checker.on_commit("a", _StubLeader(), disks, {})  # type: ignore[arg-type]
+    assert checker.durable_checked == 1
+
+
+class _StubFigure8Leader:
+    """s1 leading term 4 of Figure 8: it holds entry 2 of term 2, maybe its no-op at 3."""
+
+    role = Role.LEADER
+    term = 4
+    conf = ConfState.of(["a", "b", "c"])
+
+    def __init__(self, terms: dict[int, int]) -> None:
+        self.log = _StubLog(terms)
+        self.commit_index = max(terms)
+
+
+def test_safety_checker_rejects_a_commit_that_a_later_leader_could_overwrite() -> None:
+    disks = {n: MemoryStorage(ConfState.of(["a", "b", "c"])) for n in "abc"}
+    for n in "ab":
+        disks[n].append([Entry(1, 1), Entry(2, 2)])
+    disks["c"].append([Entry(1, 1), Entry(3, 2)])  # c's entry 2 is of a later term
+    # Entry 2 (term 2) is on a majority, but c (last term 3) could still win
+    # a's and b's votes and overwrite it: committing it by counting is unsafe.
+    with pytest.raises(SafetyViolation, match=r"commit safety: a.*c lacks it"):
+        SafetyChecker().on_commit("a", _StubFigure8Leader({1: 1, 2: 2}), disks, {})  # type: ignore[arg-type]
+    # Once a's no-op of term 4 is on a majority, c can no longer win: safe.
+    for n in "ab":
+        disks[n].append([Entry(4, 3)])
+    checker = SafetyChecker()
+    checker.on_commit("a", _StubFigure8Leader({1: 1, 2: 2, 3: 4}), disks, {})  # type: ignore[arg-type]
+    assert checker.durable_checked == 3

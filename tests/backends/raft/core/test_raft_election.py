@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from sim.cluster import Cluster
+from sim.direct import DirectCluster
 from sim.network import NetConfig
 
 from coordkit.backends.raft.core.config import RaftConfig
@@ -174,3 +175,34 @@ def test_message_counts_stay_bounded() -> None:
     idle = cluster.net.total_sent() - before
     # Heartbeats every 2 ticks of 10 ms to two followers, and their answers.
     assert idle <= (1000 // 20) * 2 * 2 + 10, idle
+
+
+def _cut_off_and_advance(c: DirectCluster, nid: str, campaigns: int) -> None:
+    """``nid`` campaigns alone ``campaigns`` times, raising its term."""
+    for _ in range(campaigns):
+        c.campaign(nid, allow=lambda m: False)
+
+
+def test_a_stale_leader_learns_a_higher_term_from_its_followers_without_check_quorum() -> None:
+    """Figure 3.1: an append from an older term is answered with our term.
+
+    Without pre-vote and check-quorum the stale leader would otherwise lead on
+    for ever when nobody else campaigns (e.g. a node that believes itself
+    removed, or whose campaigns never reach the leader).
+    """
+    c = DirectCluster(3, RaftConfig(pre_vote=False, check_quorum=False))
+    c.campaign("s1")
+    _cut_off_and_advance(c, "s2", 3)
+    assert c.core("s2").term == 4
+    c.tick("s1", 1)  # a heartbeat reaches s2, which answers with term 4
+    assert c.core("s1").role is Role.FOLLOWER and c.core("s1").term == 4
+
+
+def test_a_candidate_behind_in_term_learns_the_term_from_a_rejection() -> None:
+    c = DirectCluster(3, RaftConfig(pre_vote=False, check_quorum=False))
+    _cut_off_and_advance(c, "s2", 5)
+    c.campaign("s1", allow=lambda m: m.to in ("s2", "s1") and m.frm in ("s1", "s2"))
+    # s2 rejected the term-1 request with its own term: s1 campaigns next time above it.
+    assert c.core("s1").term == 5 and c.core("s1").role is Role.FOLLOWER
+    c.campaign("s1")
+    assert c.core("s1").role is Role.LEADER and c.core("s1").term == 6

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from sim.cluster import Cluster
+from sim.direct import DirectCluster
 from sim.linearizability import check_history
 from sim.network import NetConfig
 
+from coordkit.backends.raft.core import ConfState, MemoryStorage, RaftCore
 from coordkit.backends.raft.core.config import RaftConfig
 from coordkit.backends.raft.core.errors import ProposalDroppedError
-from coordkit.backends.raft.core.messages import MessageType, Role
+from coordkit.backends.raft.core.messages import Entry, Message, MessageType, Role
 
 
 def test_basic_agreement() -> None:
@@ -167,3 +171,70 @@ def test_uncommitted_log_is_capped_without_a_quorum() -> None:
         for _ in range(100):
             core.propose(b"x" * 100)
     assert core.log.last_index() < 15
+
+
+def test_a_batch_is_appended_contiguously_in_one_go_and_commits_in_order() -> None:
+    c = DirectCluster(3, RaftConfig(pre_vote=False, check_quorum=False, max_size_per_msg=0))
+    c.campaign("s1")
+    s1 = c.core("s1")
+    first = s1.propose([b"a", b"b", b"c"])
+    assert first == 2 and s1.log.last_index() == 4
+    c.deliver(c.handle("s1"))
+    assert c.core("s1").propose(b"d") == 5  # a single command still works
+    c.deliver(c.handle("s1"))
+    for nid in c.ids:
+        assert [c.applied[nid][i].data for i in range(2, 6)] == [b"a", b"b", b"c", b"d"]
+
+
+def test_a_batch_over_the_uncommitted_cap_is_refused_whole() -> None:
+    cfg = RaftConfig(pre_vote=False, check_quorum=False, max_uncommitted_size=250)
+    c = DirectCluster(3, cfg)
+    c.campaign("s1")
+    s1 = c.core("s1")
+    s1.propose(b"x" * 100)  # never delivered: stays uncommitted
+    last = s1.log.last_index()
+    with pytest.raises(ProposalDroppedError):
+        s1.propose([b"y" * 100, b"z" * 100])  # 300 > 250: not even the first goes in
+    assert s1.log.last_index() == last
+    assert s1.propose([b"y" * 50, b"z" * 50]) == last + 1  # 200 fits
+
+
+def test_a_malformed_batch_is_refused_and_changes_nothing() -> None:
+    c = DirectCluster(3, RaftConfig(pre_vote=False, check_quorum=False))
+    c.campaign("s1")
+    s1 = c.core("s1")
+    last = s1.log.last_index()
+    with pytest.raises(ValueError, match="at least one"):
+        s1.propose([])
+    with pytest.raises(TypeError, match="must be bytes"):
+        s1.propose([b"ok", "text"])  # type: ignore[list-item]
+    assert s1.log.last_index() == last
+
+
+def test_a_follower_commits_only_up_to_the_last_entry_the_leader_sent() -> None:
+    """Figure 2, AppendEntries step 5: commit min(leaderCommit, index of last new entry).
+
+    b holds entries 1-2 of term 1 and a stale entry 3 of term 2 that a's log
+    does not have. a, leading term 3 with commit index 3, sends an append whose
+    entries (just entry 2) all match but stop before the stale one: b may
+    commit up to 2 only. Committing up to its own last index would commit the
+    stale entry 3, which a's next append must then overwrite.
+    """
+    disk = MemoryStorage(ConfState.of(["a", "b", "c"]))
+    b = RaftCore("b", disk, RaftConfig(), random.Random(1))
+    ones = (Entry(1, 1), Entry(1, 2, data=b"two"))
+    b.step(Message(MessageType.APP, "a", "b", term=1, entries=ones))
+    stale = (Entry(2, 3, data=b"stale"),)
+    b.step(Message(MessageType.APP, "c", "b", term=2, index=2, log_term=1, entries=stale))
+    b.step(
+        Message(MessageType.APP, "a", "b", term=3, index=1, log_term=1, entries=ones[1:], commit=3)
+    )
+    assert b.commit_index == 2
+    rd = b.ready()
+    assert [e.index for e in rd.committed_entries] == [1, 2]
+    disk.append(rd.entries)
+    b.advance(rd)
+    fresh = (Entry(3, 3, data=b"fresh"),)
+    b.step(Message(MessageType.APP, "a", "b", term=3, index=2, log_term=1, entries=fresh, commit=3))
+    assert b.commit_index == 3
+    assert b.ready().committed_entries == fresh

@@ -2,16 +2,23 @@
 
 Each node has a "disk" (a MemoryStorage that survives crashes) and, while it
 is up, a RaftCore and a KVStore rebuilt from that disk on restart. Events
-(ticks, message deliveries, client actions) run in virtual-time order; every
-Ready is handled exactly as the contract says (persist, send, apply,
-advance), with optional crashes between those steps, and reported to the
-SafetyChecker as it happens. Nothing here reads the wall clock.
+(ticks, message deliveries, write completions, client actions) run in
+virtual-time order; every Ready is handled exactly as the contract says, with
+optional crashes between its steps, and reported to the SafetyChecker as it
+happens. Nothing here reads the wall clock.
+
+With ``RaftConfig.async_storage_writes`` a node's writes become durable after
+a random virtual delay, in Ready order, several in flight at once (a slow
+disk, group commit); a crash loses every write not yet durable. Only when a
+write completes does the disk change, then ``persisted()`` is called and the
+Ready's ``persisted_messages`` go out.
 """
 
 from __future__ import annotations
 
 import heapq
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -25,6 +32,7 @@ from coordkit.backends.raft.core.messages import (
     Entry,
     EntryType,
     Message,
+    Ready,
     Role,
 )
 from coordkit.backends.raft.core.storage import MemoryStorage
@@ -34,7 +42,7 @@ from .kv import KVStore, encode_cas, encode_put
 from .linearizability import Operation
 from .network import NetConfig, Network
 
-TICK, DELIVER, CALL = 0, 1, 2
+TICK, DELIVER, CALL, DURABLE = 0, 1, 2, 3
 T = TypeVar("T")
 
 
@@ -51,6 +59,10 @@ class SimNode:
     applied: dict[int, Entry] = field(default_factory=dict)
     waiting_reads: list[tuple[int, bytes]] = field(default_factory=list)
     crashes: int = 0
+    # Async writes in flight, oldest first: (Ready, term before its first entry
+    # when handed out, virtual time at which it becomes durable, whether the
+    # node crashes right after it is durable, before persisted() hears of it).
+    writes: deque[tuple[Ready, int | None, int, bool]] = field(default_factory=deque)
 
     @property
     def alive(self) -> bool:
@@ -78,6 +90,7 @@ class Cluster:
         crash_mid_ready: float = 0.0,
         snapshot_every: int = 0,
         snapshot_retain: int = 0,
+        write_delay_ms: tuple[int, int] = (1, 8),
     ) -> None:
         self.seed = seed
         # The one source of randomness: network fates, faults, clients and the
@@ -89,6 +102,9 @@ class Cluster:
         self.crash_mid_ready = crash_mid_ready
         self.snapshot_every = snapshot_every
         self.snapshot_retain = snapshot_retain
+        # Async writes: each takes this long (virtual ms), and completes in order.
+        self.write_delay_ms = write_delay_ms
+        self.max_writes_in_flight = 0  # on one node at once (async writes)
         self.now = 0
         self._seq = 0
         self._stamp = 0
@@ -97,11 +113,14 @@ class Cluster:
         voters = ConfState.of(ids[:n])
         ticks = tick_ms if isinstance(tick_ms, list) else [tick_ms] * len(ids)
         self.nodes: dict[str, SimNode] = {}
+        # The live cores, by node (None while down), for the checker.
+        self.cores: dict[str, RaftCore | None] = {}
         for i, nid in enumerate(ids):
             # Spares start with an empty configuration: they wait to be added.
             disk = MemoryStorage(voters if i < n else ConfState())
             self.nodes[nid] = SimNode(nid, disk, ticks[i])
             self._start(self.nodes[nid])
+        self.disks = {nid: n.disk for nid, n in self.nodes.items()}
         # Client state
         self.history: list[Operation] = []
         self._pending: dict[int, _Pending] = {}
@@ -148,6 +167,10 @@ class Cluster:
                     self.net.delivered += 1
                     node.core.step(m)
                     self._process(node)
+            elif kind == DURABLE:
+                node = self.nodes[a]  # type: ignore[index]
+                if node.core is not None and node.incarnation == b:
+                    self._complete_writes(node)
             else:
                 a()  # type: ignore[operator]
             if pred is not None and pred():
@@ -163,6 +186,7 @@ class Cluster:
     def _start(self, node: SimNode) -> None:
         node.incarnation += 1
         node.core = RaftCore(node.id, node.disk, self.config, self.rng)
+        self.cores[node.id] = node.core
         snap = node.disk.snapshot()
         node.kv = KVStore.restore(snap.data)
         node.kv_index = snap.meta.index
@@ -175,8 +199,10 @@ class Cluster:
         if node.core is None:
             return
         node.core = None
+        self.cores[nid] = None
         node.kv = None
         node.waiting_reads = []
+        node.writes.clear()  # not yet durable: lost
         node.crashes += 1
 
     def restart(self, nid: str) -> None:
@@ -199,30 +225,35 @@ class Cluster:
 
     def _process(self, node: SimNode) -> None:
         core = node.core
+        if core is not None:
+            self.checker.on_commit(node.id, core, self.disks, self.cores)
         # The loop stops if the node crashed meanwhile (a fault hook may crash it).
         while core is not None and node.core is core and core.has_ready():
             rd = core.ready()
+            is_async = core.cfg.async_storage_writes
             crash_at = -1
             if self.crash_mid_ready and self.rng.random() < self.crash_mid_ready:
-                crash_at = self.rng.randrange(3)
-            # 1. persist: snapshot, entries, hard state. Lost if we crash first.
+                crash_at = self.rng.randrange(4 if is_async else 3)
+            prev_term = core.log.term(rd.entries[0].index - 1) if rd.entries else None
+            if is_async:
+                # 1. hand the writes to the disk; they become durable later, in order.
+                lo, hi = self.write_delay_ms
+                last = node.writes[-1][2] if node.writes else self.now
+                due = max(last, self.now + self.rng.randint(lo, hi))
+                node.writes.append((rd, prev_term, due, crash_at == 3))
+                self.max_writes_in_flight = max(self.max_writes_in_flight, len(node.writes))
+                self._push(due, DURABLE, node.id, node.incarnation)
             if crash_at == 0:
-                self.crash(node.id)
+                self.crash(node.id)  # sync: before persisting; async: the write is lost
                 return
-            if rd.snapshot is not None:
-                node.disk.apply_snapshot(rd.snapshot)
-            if rd.entries:
-                self.checker.on_persist(node.id, core, rd.entries)
-                node.disk.append(rd.entries)
-            if rd.hard_state is not None:
-                node.disk.set_hard_state(rd.hard_state)
+            if not is_async:
+                # 1. persist: snapshot, entries, hard state.
+                self._write(node, core, rd, prev_term)
             if crash_at == 1:
                 self.crash(node.id)
                 return
-            # 2. send, only once what the messages depend on is durable.
-            for m in rd.messages:
-                for delay in self.net.fates(m):
-                    self._push(self.now + delay, DELIVER, m)
+            # 2. send (sync: only once what the messages depend on is durable).
+            self._send(rd.messages)
             if crash_at == 2:
                 self.crash(node.id)
                 return
@@ -238,15 +269,47 @@ class Cluster:
             if node.waiting_reads:
                 self._serve_reads(node)
             core.advance(rd)
+            self.checker.on_commit(node.id, core, self.disks, self.cores)
             if core.role is Role.LEADER:
                 self.checker.on_leader(node.id, core.term, core)
                 new = rd.soft_state is not None and rd.soft_state.role is Role.LEADER
                 if new and self.on_new_leader is not None:
                     self.on_new_leader(node.id)
-            if self.snapshot_every and node.kv is not None:
+            if self.snapshot_every and node.kv is not None and node.core is core:
                 applied = core.applied_index
                 if applied - node.disk.snapshot().meta.index >= self.snapshot_every:
                     core.compact(applied, node.kv.snapshot(), self.snapshot_retain)
+
+    def _write(self, node: SimNode, core: RaftCore, rd: Ready, prev_term: int | None) -> None:
+        """Make ``rd``'s snapshot, entries and hard state durable on ``node``'s disk."""
+        if rd.snapshot is not None:
+            node.disk.apply_snapshot(rd.snapshot)
+        if rd.entries:
+            self.checker.on_persist(node.id, prev_term, rd.entries)
+            node.disk.append(rd.entries)
+        if rd.hard_state is not None:
+            node.disk.set_hard_state(rd.hard_state)
+
+    def _complete_writes(self, node: SimNode) -> None:
+        """Async writes: every write due by now is durable, in order (a group commit)."""
+        core = node.core
+        while core is not None and node.core is core and node.writes:
+            rd, prev_term, due, crash_after = node.writes[0]
+            if due > self.now:
+                break
+            node.writes.popleft()
+            self._write(node, core, rd, prev_term)
+            if crash_after and self.crash_mid_ready:  # (faults may have been healed since)
+                self.crash(node.id)  # durable, but persisted() never heard of it
+                return
+            core.persisted(rd)
+            self._send(rd.persisted_messages)
+            self._process(node)
+
+    def _send(self, messages: tuple[Message, ...]) -> None:
+        for m in messages:
+            for delay in self.net.fates(m):
+                self._push(self.now + delay, DELIVER, m)
 
     def _apply(self, node: SimNode, e: Entry) -> None:
         assert node.kv is not None

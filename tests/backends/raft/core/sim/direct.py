@@ -60,13 +60,16 @@ class DirectCluster:
         """Process every Ready of ``nid``; returns the messages to send."""
         core = self.cores[nid]
         out: list[Message] = []
+        if core is not None:
+            self.checker.on_commit(nid, core, self.disks, self.cores)
         while core is not None and core.has_ready():
             rd = core.ready()
             disk = self.disks[nid]
             if rd.snapshot is not None:
                 disk.apply_snapshot(rd.snapshot)
             if rd.entries:
-                self.checker.on_persist(nid, core, rd.entries)
+                prev_term = core.log.term(rd.entries[0].index - 1)
+                self.checker.on_persist(nid, prev_term, rd.entries)
                 disk.append(rd.entries)
             if rd.hard_state is not None:
                 disk.set_hard_state(rd.hard_state)
@@ -77,6 +80,7 @@ class DirectCluster:
                 self.checker.on_apply(nid, core.term, e, leaders)
                 self.applied[nid][e.index] = e
             core.advance(rd)
+            self.checker.on_commit(nid, core, self.disks, self.cores)
             if core.role is Role.LEADER:
                 self.checker.on_leader(nid, core.term, core)
         return out

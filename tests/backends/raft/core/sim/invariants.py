@@ -15,12 +15,23 @@ once, so a violation stops the run at the step that caused it.
 - Durability: a restarted node's disk agrees with every committed entry it
   claims committed; committed entries are never lost (a later leader lacking
   one violates leader completeness).
+- Durable commitment: whenever a leader's commit index advances, every newly
+  committed entry is already on the disks of a majority of the voters it
+  counted (what a crash of every node at that instant would leave).
+- Commit safety (the inductive step of the leader completeness proof, checked
+  at every commit advance instead of waiting for a later leader to show the
+  loss): no voter lacking a newly committed entry could win an election in
+  its own configuration or the leader's, counting as supporters the voters
+  whose durable logs are no more up to date than its log (in memory or on
+  disk). A commit this check rejects is one a later leader may overwrite.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from coordkit.backends.raft.core import RaftCore
-from coordkit.backends.raft.core.messages import Entry, EntryType, Snapshot
+from coordkit.backends.raft.core.messages import Entry, EntryType, Role, Snapshot
 from coordkit.backends.raft.core.storage import MemoryStorage
 
 
@@ -36,16 +47,19 @@ class SafetyChecker:
         self.committed: dict[int, Entry] = {}
         # index -> a term no earlier than the one in which it was committed
         self.commit_term: dict[int, int] = {}
+        # Every index up to this one was checked durable on a quorum when committed.
+        self.durable_checked = 0
         self.violations = 0
 
     def fail(self, what: str) -> None:
         self.violations += 1
         raise SafetyViolation(what)
 
-    def on_persist(self, node: str, core: RaftCore, entries: tuple[Entry, ...]) -> None:
+    def on_persist(self, node: str, prev_term: int | None, entries: tuple[Entry, ...]) -> None:
+        """``node`` made ``entries`` durable; ``prev_term`` is the term of the entry
+        before them when they were handed out (None if unknown)."""
         if not entries:
             return
-        prev_term = core.log.term(entries[0].index - 1)
         prev = -1 if prev_term is None else prev_term
         for e in entries:
             key = (e.index, e.term)
@@ -59,6 +73,66 @@ class SafetyChecker:
                     f"term {e.term} (or a different predecessor)"
                 )
             prev = e.term
+
+    def on_commit(
+        self,
+        node: str,
+        core: RaftCore,
+        disks: Mapping[str, MemoryStorage],
+        cores: Mapping[str, RaftCore | None],
+    ) -> None:
+        """Called after every step of ``node``: a leader's new commits are durable on a
+        quorum, and no server lacking them could still be elected."""
+        if core.role is not Role.LEADER or core.commit_index <= self.durable_checked:
+            return
+        voters = core.conf.voters
+        lo = max(self.durable_checked + 1, core.log.first_index())
+        for e in core.log.slice(lo, core.commit_index + 1):
+            held = [v for v in voters if _holds(disks[v], e.index, e.term)]
+            if len(held) <= len(voters) // 2:
+                self.fail(
+                    f"durable commitment: {node}, leader of term {core.term}, committed entry "
+                    f"{e.index} (term {e.term}) but only {held} of voters {list(voters)} have "
+                    "it on disk"
+                )
+            # Known committed from now on, whether or not anyone applies it soon.
+            self._on_committed(node, core.term, e, [])
+            last = e
+        if core.commit_index >= lo:
+            # By log matching, a server that holds the last new entry holds them all.
+            self._check_none_electable_without(node, core, last, disks, cores)
+        self.durable_checked = core.commit_index
+
+    def _check_none_electable_without(
+        self,
+        node: str,
+        core: RaftCore,
+        e: Entry,
+        disks: Mapping[str, MemoryStorage],
+        cores: Mapping[str, RaftCore | None],
+    ) -> None:
+        durable_last = {nid: _last(disk) for nid, disk in disks.items()}
+        for x in sorted(disks):
+            xcore = cores.get(x)
+            lasts = []  # (last term, last index) of each version of x's log that lacks e
+            if not _holds(disks[x], e.index, e.term):
+                lasts.append(durable_last[x])
+            if xcore is not None and not _log_holds(xcore, e.index, e.term):
+                lasts.append((xcore.log.last_term(), xcore.log.last_index()))
+            if not lasts:
+                continue
+            confs = [core.conf] if xcore is None else [core.conf, xcore.conf]
+            for conf in confs:
+                if x not in conf.voters:
+                    continue
+                for x_last in lasts:
+                    support = [v for v in conf.voters if v == x or durable_last[v] <= x_last]
+                    if len(support) > len(conf.voters) // 2:
+                        self.fail(
+                            f"commit safety: {node}, leader of term {core.term}, committed "
+                            f"entry {e.index} (term {e.term}), but {x} lacks it and could be "
+                            f"elected by {support} of voters {list(conf.voters)}"
+                        )
 
     def on_leader(self, node: str, term: int, core: RaftCore) -> None:
         holder = self.leaders.get(term)
@@ -81,6 +155,12 @@ class SafetyChecker:
 
     def on_apply(self, node: str, term: int, e: Entry, leaders: list[tuple[str, RaftCore]]) -> None:
         """``node``, now in ``term``, applies ``e``."""
+        self._on_committed(node, term, e, leaders)
+
+    def _on_committed(
+        self, node: str, term: int, e: Entry, leaders: list[tuple[str, RaftCore]]
+    ) -> None:
+        """``node``, in ``term``, knows ``e`` is committed."""
         old = self.committed.get(e.index)
         if old is None:
             self.committed[e.index] = e
@@ -94,8 +174,8 @@ class SafetyChecker:
                     self._check_has(lead_id, core, e.index, e, core.term)
         elif old.term != e.term or old.data != e.data or old.type != e.type:
             self.fail(
-                f"state machine safety: {node} applied term {e.term} at index {e.index}, "
-                f"another node applied term {old.term} there"
+                f"state machine safety: {node} applied (or committed) term {e.term} at index "
+                f"{e.index}, another node applied term {old.term} there"
             )
 
     def on_snapshot(self, node: str, snap: Snapshot) -> None:
@@ -119,3 +199,23 @@ class SafetyChecker:
                 )
         if commit > disk.last_index() and commit > disk.snapshot().meta.index:
             self.fail(f"durability: {node}'s commit index {commit} is past its durable log")
+
+
+def _holds(disk: MemoryStorage, index: int, term: int) -> bool:
+    """Whether ``disk`` durably holds entry ``index`` of ``term`` (or a snapshot covering it)."""
+    if index <= disk.snapshot().meta.index:
+        return True
+    if index < disk.first_index() or index > disk.last_index():
+        return False
+    return disk.term(index) == term
+
+
+def _log_holds(core: RaftCore, index: int, term: int) -> bool:
+    """Whether ``core``'s log (in memory) holds entry ``index`` of ``term`` or compacted it."""
+    return index < core.log.first_index() or core.log.term(index) == term
+
+
+def _last(disk: MemoryStorage) -> tuple[int, int]:
+    """(term, index) of the last entry on ``disk``: what a vote request would compare."""
+    last = disk.last_index()
+    return disk.term(last), last

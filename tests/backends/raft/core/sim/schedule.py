@@ -1,16 +1,19 @@
 """Random fault schedules for the soak test: one seed -> one exact, replayable run.
 
-A schedule picks a cluster shape and Raft configuration, then runs clients
-against it while injecting faults: crashes (also in the middle of handling a
-Ready), restarts, symmetric and one-way partitions, isolated leaders, slow
-and fast clocks, lossy / duplicating / reordering network, leadership
-transfers and membership changes. Safety invariants are checked after every
-step; at the end the faults are healed, the cluster must make progress again,
-and the client history must be linearizable.
+A schedule picks a cluster shape, Raft configuration (some with asynchronous
+storage writes) and a pressure profile, then runs clients against it while
+injecting faults: crashes (also in the middle of handling a Ready, or with
+writes in flight), restarts, symmetric and one-way partitions, isolated
+leaders, slow and fast clocks, lossy / duplicating / reordering network,
+leadership transfers and membership changes; the profiles add Figure 8 leader
+churn or membership churn (see PROFILES). Safety invariants are checked after
+every step; at the end the faults are healed, the cluster must make progress
+again, and the client history must be linearizable.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 from dataclasses import dataclass
@@ -23,7 +26,8 @@ from .linearizability import check_history
 from .network import NetConfig
 
 REPLAY = (
-    "COORDKIT_RAFT_SEED={seed} .venv/bin/python -m pytest tests/backends/raft/test_raft_soak.py -q"
+    "COORDKIT_RAFT_SEED={seed} .venv/bin/python -m pytest "
+    "tests/backends/raft/core/test_raft_soak.py -q"
 )
 
 
@@ -58,6 +62,14 @@ def _random_net(rng: random.Random) -> NetConfig:
     return rng.choice([NetConfig.reliable, NetConfig.unreliable, NetConfig.long_reordering])()
 
 
+#: Pressure profiles a seed may draw, with their weights. "mixed" is every kind
+#: of fault at random; "figure8" makes old-term entries replicated by a new
+#: leader before its own entry common (one entry per append, leaders struck
+#: down within a round trip of taking office); "membership" attempts a second
+#: configuration change right after each accepted one, among churning members.
+PROFILES = {"mixed": 6, "figure8": 2, "membership": 2}
+
+
 def run_schedule(seed: int, duration_ms: int | None = None) -> ScheduleResult:
     """Run one schedule; raises AssertionError (with the seed) on any violation.
 
@@ -67,19 +79,41 @@ def run_schedule(seed: int, duration_ms: int | None = None) -> ScheduleResult:
     rng = random.Random(seed)
     if duration_ms is None:
         duration_ms = rng.randint(600, 2000)
+    profile = rng.choices(list(PROFILES), weights=list(PROFILES.values()))[0]
     n = rng.choice([3, 3, 5])
     spares = 1 if rng.random() < 0.25 else 0
+    config = random_config(rng)
+    if profile == "figure8":
+        n = rng.choice([3, 5, 5])
+        duration_ms = min(duration_ms, 1200)
+        guard = rng.random() < 0.5  # pre-vote and check-quorum both on, or both off
+        config = dataclasses.replace(
+            config,
+            max_size_per_msg=0,
+            max_inflight_msgs=rng.choice([1, 1, 2, 64]),
+            pre_vote=guard,
+            check_quorum=guard,
+            max_uncommitted_size=0,
+        )
+    elif profile == "membership":
+        spares = rng.choice([1, 2])
+        duration_ms = min(duration_ms, 1200)
+    # Some schedules write asynchronously: slow disks, several writes in flight,
+    # a crash loses every write not yet durable.
+    if rng.random() < 0.3:
+        config = dataclasses.replace(config, async_storage_writes=True)
     cluster = Cluster(
         n,
         seed=seed,
         rng=rng,
         spares=spares,
-        config=random_config(rng),
+        config=config,
         net=_random_net(rng),
         tick_ms=[rng.randint(7, 14) for _ in range(n + spares)],
         crash_mid_ready=rng.choice([0.0, 0.002, 0.01]),
         snapshot_every=rng.choice([0, 4, 16]),
         snapshot_retain=rng.choice([0, 2]),
+        write_delay_ms=rng.choice([(0, 3), (1, 10), (2, 30)]),
     )
     ids = list(cluster.nodes)
     faults = 0
@@ -149,8 +183,51 @@ def run_schedule(seed: int, duration_ms: int | None = None) -> ScheduleResult:
         if injecting and rng.random() < 0.3:
             knock_out(nid, rng.randint(20, 300))
 
+    def figure8() -> None:
+        # Every leader gets a command and is knocked out within about a round
+        # trip, for a short while: with one entry per append, a new leader
+        # often has an old-term entry on a majority before its own entry,
+        # while the leader of an intermediate term (with a conflicting entry
+        # nobody has) comes back in time to compete for the next election.
+        if not injecting:
+            return
+        for nid, _ in cluster.leaders():
+            cluster.propose_at(nid, f"f8-{cluster.now}".encode())
+        lid = cluster.leader()
+        if lid is not None:
+            cluster.call_at(cluster.now + rng.randint(0, 13), lambda: briefly_knock_out(lid))
+        cluster.call_at(cluster.now + rng.randint(1, 18), figure8)
+
+    def briefly_knock_out(nid: str) -> None:
+        if injecting:
+            knock_out(nid, rng.randint(0, 60))
+
+    def strike_at_once(nid: str) -> None:
+        if injecting and rng.random() < 0.5:
+            cluster.call_at(cluster.now + rng.randint(0, 4), lambda: briefly_knock_out(nid))
+
+    def membership() -> None:
+        # Members come and go; right after each accepted change a second one is
+        # attempted (a correct leader refuses it until the first commits), and
+        # the leader is sometimes cut off at once, so that configurations
+        # diverge across nodes exactly when a second change would be unsafe.
+        if not injecting:
+            return
+        lid = cluster.leader()
+        if lid is not None and cluster.try_conf_change(*_random_change(rng, cluster, lid, ids)):
+            if rng.random() < 0.7:
+                cluster.try_conf_change(*_random_change(rng, cluster, lid, ids))
+            if rng.random() < 0.3:
+                knock_out(lid, rng.randint(20, 200))
+        cluster.call_at(cluster.now + rng.randint(20, 80), membership)
+
     cluster.call_at(rng.randint(50, 150), inject)
-    if rng.random() < 0.35:
+    if profile == "figure8":
+        cluster.call_at(rng.randint(50, 150), figure8)
+        cluster.on_new_leader = strike_at_once
+    elif profile == "membership":
+        cluster.call_at(rng.randint(50, 150), membership)
+    elif rng.random() < 0.35:
         cluster.call_at(rng.randint(50, 150), churn)
         cluster.on_new_leader = strike_new_leader
     cluster.start_clients(3, duration_ms)
@@ -183,6 +260,19 @@ def run_schedule(seed: int, duration_ms: int | None = None) -> ScheduleResult:
         virtual_ms=cluster.now,
         fingerprint=_fingerprint(cluster),
     )
+
+
+def _random_change(
+    rng: random.Random, cluster: Cluster, lid: str, ids: list[str]
+) -> tuple[ConfChangeType, str]:
+    """A membership step for leader ``lid``: remove a voter, or add / promote / demote one."""
+    core = cluster.nodes[lid].core
+    voters = list(core.conf.voters) if core is not None else ids
+    others = [i for i in ids if i not in voters]
+    if len(voters) > 1 and (not others or rng.random() < 0.5):
+        return ConfChangeType.REMOVE_NODE, rng.choice(voters)
+    kind = rng.choice([ConfChangeType.ADD_VOTER, ConfChangeType.ADD_LEARNER])
+    return kind, rng.choice(others or voters)
 
 
 def _fingerprint(cluster: Cluster) -> str:
