@@ -27,6 +27,7 @@ from .errors import (
 )
 from .hookspecs import hookimpl
 from .model import Capability, Event, EventType, Node, Status
+from .retry import RetryPolicy
 from .txn import Compare, CreateOp, DeleteOp, GetOp, SetOp, TxnResult
 
 __version__ = "0.1.0"
@@ -59,6 +60,7 @@ __all__ = [
     "NotEmptyError",
     "OperationTimeoutError",
     "RecipeStateError",
+    "RetryPolicy",
     "Session",
     "SessionExpiredError",
     "SessionState",

@@ -42,6 +42,7 @@ import anyio
 from .errors import ConfigurationError, UnsupportedError
 from .model import Capability, Event, Node, Status
 from .paths import DEFAULT_MAX_VALUE_BYTES
+from .retry import RetryPolicy
 from .txn import Compare, Op, TxnResult
 
 __all__ = [
@@ -71,8 +72,14 @@ class Session:
 
     Backends create one on ``open`` and call :meth:`mark_lost` once when it
     ends; they then open a fresh session so the client keeps working, and
-    :attr:`Backend.session` returns the new one. Recipes keep the Session
-    object they acquired under and watch :meth:`wait_lost`.
+    :attr:`Backend.session` returns the new one. A backend that opens the
+    replacement asynchronously hands the old session over to it
+    (:meth:`hand_over`), which is what :meth:`Backend.live_session` waits
+    for. Recipes keep the Session object they acquired under and watch
+    :meth:`wait_lost`.
+
+    The ``mark_*`` methods return whether the state changed, so a backend
+    logs each change once however often it reports the same state.
     """
 
     def __init__(self, session_id: int, ttl: float) -> None:
@@ -80,27 +87,55 @@ class Session:
         self.ttl = ttl
         self.state = SessionState.CONNECTED
         self._lost = anyio.Event()
+        self._successor: Session | None = None
+        self._replaced = anyio.Event()
 
     @property
     def lost(self) -> bool:
         return self.state is SessionState.LOST
 
-    def mark_suspended(self) -> None:
+    @property
+    def successor(self) -> Session | None:
+        """The session that replaced this one once it was lost (None until then)."""
+        return self._successor
+
+    def mark_suspended(self) -> bool:
+        """The connection dropped; the session may live on. True if it was connected."""
         if self.state is SessionState.CONNECTED:
             self.state = SessionState.SUSPENDED
+            return True
+        return False
 
-    def mark_connected(self) -> None:
+    def mark_connected(self) -> bool:
+        """The connection is back with this session. True if it was suspended."""
         if self.state is SessionState.SUSPENDED:
             self.state = SessionState.CONNECTED
+            return True
+        return False
 
-    def mark_lost(self) -> None:
-        """Record that the session ended. Idempotent."""
+    def mark_lost(self) -> bool:
+        """Record that the session ended. Idempotent: True only the first time."""
+        if self.state is SessionState.LOST:
+            return False
         self.state = SessionState.LOST
         self._lost.set()
+        return True
+
+    def hand_over(self, successor: Session) -> None:
+        """Record the session that replaces this one (marking this one lost first)."""
+        self.mark_lost()
+        self._successor = successor
+        self._replaced.set()
 
     async def wait_lost(self) -> None:
         """Return once the session has ended."""
         await self._lost.wait()
+
+    async def wait_successor(self) -> Session:
+        """Return the session that replaced this one, once there is one."""
+        await self._replaced.wait()
+        assert self._successor is not None
+        return self._successor
 
     def __repr__(self) -> str:
         return f"Session(id={self.id:#x}, ttl={self.ttl}, state={self.state.value})"
@@ -156,6 +191,9 @@ class ConnectOptions:
     timeout: float = 10.0
     #: largest value accepted (the client enforces it before the backend).
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+    #: how reconnects, keepalive retries and conflict retries back off (URL
+    #: options ``retry_initial_delay``, ``retry_max_delay``, ``retry_max_attempts``).
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
 class Backend(abc.ABC):
@@ -180,15 +218,15 @@ class Backend(abc.ABC):
     async def live_session(self) -> Session:
         """The current session once it is live: after a loss, the one replacing it.
 
-        The default watches :attr:`session` with a short backoff; a backend
-        that knows when its new session is in place may override this to
-        wait for exactly that. The client bounds the wait by its timeout.
+        The default waits for the lost session's :meth:`Session.hand_over`
+        (a backend that installs the new session before marking the old one
+        lost needs no more); a backend that knows another way may override
+        this. The client bounds the wait by its timeout.
         """
-        delay = 0.005
-        while self.session.lost:
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 0.1)
-        return self.session
+        session = self.session
+        while session.lost:
+            session = await session.wait_successor()
+        return session
 
     @abc.abstractmethod
     async def create(

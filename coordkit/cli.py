@@ -3,18 +3,24 @@
 ``--url`` (or ``COORDKIT_URL``, or the config files) picks the backend, as for
 :func:`coordkit.connect`. Exit status: 0 on success, 1 when the operation
 failed (missing node, lock not acquired, ...), 2 for bad usage or configuration.
+
+The CLI is an application, so it (unlike the library) installs a log handler:
+the ``coordkit`` logger's records go to standard error, from WARNING up
+(``demo``: ERROR, since it expires a session on purpose); ``-v`` shows INFO,
+``-vv`` DEBUG, ``--log-level LEVEL`` sets the level outright.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import socket
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import aclosing
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import aclosing, contextmanager
 from typing import Any
 
 import anyio
@@ -26,17 +32,23 @@ from .plugins import cli_commands
 
 __all__ = ["main"]
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+Command = Callable[..., argparse.ArgumentParser]
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coordkit",
         description="Coordination recipes over interchangeable backends.",
     )
-    url_help = "backend URL (default: COORDKIT_URL, config, embedded)"
-    parser.add_argument("--url", help=url_help)
-    # --url is accepted after the command too (coordkit demo --url etcd://...).
+    _add_global_options(parser, after_command=False)
+    # --url, -v and --log-level are accepted after the command too
+    # (coordkit demo --url etcd://... -v).
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=argparse.SUPPRESS, help=url_help)
+    _add_global_options(common, after_command=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, **options: Any) -> argparse.ArgumentParser:
@@ -44,9 +56,38 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = command("demo", help="workers sharing a lock, a leader, a queue and a config")
     demo.add_argument("--duration", type=float, default=20.0, help="seconds (default 20)")
-
     command("status", help="what the backend reports about itself")
+    _add_node_commands(command)
+    _add_holding_commands(command)
+    for name, plugin_command in cli_commands().items():
+        if name not in sub.choices:  # a plugin cannot replace a built-in command
+            plugin_command.configure(command(name, help=plugin_command.help))
+    return parser
 
+
+def _add_global_options(parser: argparse.ArgumentParser, *, after_command: bool) -> None:
+    """--url, -v/--verbose, --log-level (after the command: only if given)."""
+    unset: Any = {"default": argparse.SUPPRESS} if after_command else {}
+    parser.add_argument(
+        "--url", help="backend URL (default: COORDKIT_URL, config, embedded)", **unset
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        help="log more to standard error: -v INFO, -vv DEBUG (default: WARNING)",
+        **(unset or {"default": 0}),
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="log level of the coordkit logger (overrides -v)",
+        **unset,
+    )
+
+
+def _add_node_commands(command: Command) -> None:
     get = command("get", help="print a node's value")
     get.add_argument("path")
     get.add_argument("--stat", action="store_true", help="print the node's fields too")
@@ -69,6 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("--from-revision", type=int, help="replay history from this revision")
     watch.add_argument("--count", type=int, help="stop after this many events")
 
+
+def _add_holding_commands(command: Command) -> None:
     lock = command(
         "lock",
         help="run a command while holding a lock",
@@ -92,11 +135,6 @@ def _parser() -> argparse.ArgumentParser:
     elect.add_argument("--listen", action="store_true", help="print each leader, do not campaign")
     elect.add_argument("--count", type=int, help="with --listen: stop after this many leaders")
     elect.add_argument("--timeout", type=float, help="give up campaigning after this many seconds")
-    for name, plugin_command in cli_commands().items():
-        if name in sub.choices:
-            continue  # a plugin cannot replace a built-in command
-        plugin_command.configure(command(name, help=plugin_command.help))
-    return parser
 
 
 async def _status(client: Client, args: argparse.Namespace) -> int:
@@ -303,6 +341,39 @@ _COMMANDS: dict[str, Callable[[Client, argparse.Namespace], Awaitable[int]]] = {
 }
 
 
+def _log_level(args: argparse.Namespace) -> int:
+    if args.log_level is not None:
+        level: int = getattr(logging, args.log_level)
+        return level
+    if args.verbose >= 2:
+        return logging.DEBUG
+    if args.verbose == 1:
+        return logging.INFO
+    # The demo expires a session on purpose: its warnings would only clutter the view.
+    if args.command == "demo":
+        return logging.ERROR
+    plugin_command = cli_commands().get(args.command)
+    if plugin_command is not None and args.command not in _COMMANDS:
+        return plugin_command.default_log_level
+    return logging.WARNING
+
+
+@contextmanager
+def _logging_to_stderr(level: int) -> Iterator[None]:
+    """The ``coordkit`` logger writes to standard error at ``level`` while the command runs."""
+    logger = logging.getLogger("coordkit")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
 async def _run(args: argparse.Namespace) -> int:
     async with connect(args.url) as client:
         return await _COMMANDS[args.command](client, args)
@@ -321,6 +392,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cmd and args.command not in ("lock", "elect"):
         parser.error(f"'{args.command}' takes no command after --")
     args.cmd = cmd
+    with _logging_to_stderr(_log_level(args)):
+        return _execute(args)
+
+
+def _execute(args: argparse.Namespace) -> int:
     try:
         if args.command == "demo":
             from . import demo

@@ -7,6 +7,7 @@ every backend alike.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from types import TracebackType
@@ -28,9 +29,12 @@ from .errors import (
 from .model import Capability, Event, Node, Status
 from .paths import check_path, check_value, check_version
 from .plugins import backend_factories
+from .retry import RetryPolicy
 from .txn import Compare, CompareTarget, Op, TxnResult, check_txn
 
 __all__ = ["Client", "connect"]
+
+log = logging.getLogger(__name__)
 
 
 def _check_flag(name: str, value: object) -> bool:
@@ -73,6 +77,7 @@ class Client:
             return
         await self._backend.open()
         self._open = True
+        log.info("connected to %s (session %#x)", self.url, self._backend.session.id)
 
     async def aclose(self) -> None:
         """End the session and close the backend. Idempotent."""
@@ -81,6 +86,7 @@ class Client:
         self._open = False
         with anyio.CancelScope(shield=True):
             await self._backend.close()
+        log.debug("closed the client of %s", self.url)
 
     @property
     def closed(self) -> bool:
@@ -269,13 +275,16 @@ def connect(
     session_ttl: float | None = None,
     timeout: float | None = None,
     max_value_bytes: int | None = None,
+    retry: RetryPolicy | None = None,
 ) -> Client:
     """A :class:`Client` for ``url`` (see :func:`coordkit.config.resolve_url`).
 
     Use as ``async with coordkit.connect(url) as client``. URL query options
-    ``session_ttl`` and ``timeout`` are read too; keyword arguments win.
-    Raises :class:`ConfigurationError` for a malformed URL or an unknown scheme
-    (the message lists the installed schemes).
+    ``session_ttl``, ``timeout`` and ``retry_initial_delay``,
+    ``retry_max_delay``, ``retry_max_attempts`` are read too; keyword
+    arguments win (``retry=`` replaces the whole policy). Raises
+    :class:`ConfigurationError` for a malformed URL, a bad option or an
+    unknown scheme (the message lists the installed schemes).
     """
     resolved = resolve_url(url)
     parsed = BackendURL.parse(resolved)
@@ -296,8 +305,17 @@ def connect(
         max_value_bytes=int(
             _number(max_value_bytes, None, defaults.max_value_bytes, "max_value_bytes")
         ),
+        retry=_retry_policy(retry, parsed),
     )
     return Client(factory(parsed, options), resolved, options)
+
+
+def _retry_policy(retry: RetryPolicy | None, url: BackendURL) -> RetryPolicy:
+    if retry is None:
+        return RetryPolicy.from_query(url.query)
+    if not isinstance(retry, RetryPolicy):
+        raise ConfigurationError(f"retry must be a RetryPolicy, not {type(retry).__name__}")
+    return retry
 
 
 def _number(arg: Any, query: str | None, default: float, name: str) -> float:

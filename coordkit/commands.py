@@ -9,6 +9,7 @@ imports a backend.
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,3 +29,5 @@ class CliCommand:
     help: str
     configure: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+    #: the log level without -v/--log-level (a server logs its state changes: INFO).
+    default_log_level: int = logging.WARNING

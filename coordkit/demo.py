@@ -39,6 +39,8 @@ from .model import Capability
 
 __all__ = ["DemoSummary", "main", "run_demo"]
 
+log = logging.getLogger(__name__)
+
 WORKERS = 5
 #: the leader stops producing while this many items wait, so the queue stays short.
 BACKLOG = 200
@@ -147,6 +149,7 @@ class _Demo:
 
     async def lock_loop(self, worker: _Worker) -> None:
         lock = _recipe("lock", "Lock")(worker.client, f"{self.base}/lock", worker.name)
+        backoff = worker.client.options.retry.backoff(what=f"{worker.name}'s lock", logger=log)
         while True:
             held_under = worker.client.session
             try:
@@ -166,8 +169,9 @@ class _Demo:
                     finally:
                         self.holders -= 1
                         worker.holds_lock = False
-            except CoordkitError:
-                await anyio.sleep(0.05)  # lost with the session: queue again shortly
+                backoff.reset()
+            except CoordkitError as exc:
+                await backoff.wait(exc)  # lost with the session: queue again shortly
             await self._judge_overlap(worker, held_under)
             await anyio.sleep(random.uniform(0.0, 0.03))  # let someone else in
 
@@ -194,19 +198,21 @@ class _Demo:
     async def election_loop(self, worker: _Worker) -> None:
         election_class = _recipe("election", "Election")
         election = election_class(worker.client, f"{self.base}/leader", worker.name)
+        backoff = worker.client.options.retry.backoff(what=f"{worker.name}'s candidacy", logger=log)
         while True:
             try:
                 async with election:
                     worker.leading = True
+                    backoff.reset()
                     try:
                         await self.lead(worker)
                     finally:
                         worker.leading = False
-            except* CoordkitError:
+            except* CoordkitError as group:
                 # Leadership lost with the session (LockLostError), or the
                 # leader's own calls failed as it went (grouped by its task
                 # group): campaign again.
-                await anyio.sleep(0.05)
+                await backoff.wait(group.exceptions[0])
 
     async def lead(self, worker: _Worker) -> None:
         """As leader: feed the queue and rewrite the config every second."""
@@ -236,14 +242,16 @@ class _Demo:
 
     async def consume_loop(self, worker: _Worker) -> None:
         queue = _recipe("queue", "Queue")(worker.client, f"{self.base}/queue")
+        backoff = worker.client.options.retry.backoff(what=f"{worker.name}'s queue", logger=log)
         while True:
             try:
                 item = await queue.get()
-            except CoordkitError:
+            except CoordkitError as exc:
                 # e.g. SessionExpiredError from calls made while the backend
                 # replaces an expired session: the queue itself is unharmed.
-                await anyio.sleep(0.05)
+                await backoff.wait(exc)
                 continue
+            backoff.reset()
             if item in self.delivered:
                 self.summary.duplicate_deliveries += 1
             self.delivered.add(item)
@@ -384,9 +392,6 @@ def main(url: str | None = None, duration: float = 20.0) -> int:
     Clean: items passed, never two lock holders with live sessions at once, no
     item delivered twice.
     """
-    # The demo expires a session on purpose; client libraries (kazoo) would log
-    # it as a warning in the middle of the live view.
-    logging.getLogger("kazoo").setLevel(logging.ERROR)
     summary = anyio.run(run_demo, url, duration, sys.stdout)
     clean = summary.exclusion_violations == 0 and summary.duplicate_deliveries == 0
     return 0 if clean and summary.items_passed > 0 else 1

@@ -14,6 +14,7 @@ here runs unchanged on every backend. Two rules hold throughout:
 from __future__ import annotations
 
 import abc
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager, suppress
@@ -49,6 +50,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 # -- native dispatch -------------------------------------------------------------
@@ -232,27 +235,32 @@ async def delete_nodes(client: Client, directory: str, *, known: str | None, pre
 
     ``known`` is the node's path when its create returned; otherwise every
     child of ``directory`` starting with ``prefix`` is ours (a create whose
-    outcome is unknown may have succeeded). Gives up after the client's
-    operation timeout: the node is ephemeral and goes with the session anyway.
+    outcome is unknown may have succeeded). Retries follow the client's retry
+    policy and give up (logged) after the client's operation timeout: the
+    node is ephemeral and goes with the session anyway.
     """
-    with anyio.move_on_after(client.options.timeout, shield=True):
-        delay = 0.02
-        while True:
-            try:
-                if known is not None:
-                    await _delete_quietly(client, known)
-                else:
-                    for name in await client.children(directory):
-                        if name.startswith(prefix):
-                            await _delete_quietly(client, join(directory, name))
-                return
-            except NoNodeError:
-                return  # the directory itself is gone
-            except CoordkitError:
-                if client.closed:
-                    return
-                await anyio.sleep(delay)  # back off before retrying a transient failure
-                delay = min(delay * 2, 0.5)
+
+    async def attempt() -> None:
+        try:
+            if known is not None:
+                await _delete_quietly(client, known)
+            else:
+                for name in await client.children(directory):
+                    if name.startswith(prefix):
+                        await _delete_quietly(client, join(directory, name))
+        except NoNodeError:
+            return  # the directory itself is gone
+
+    timeout = client.options.timeout
+    # A failure is logged when given up; a closed client has ended the session anyway.
+    with anyio.move_on_after(timeout, shield=True), suppress(CoordkitError):
+        await client.options.retry.call(
+            attempt,
+            retry_on=lambda exc: isinstance(exc, CoordkitError) and not client.closed,
+            deadline=timeout,
+            what=f"delete our node under {directory}",
+            logger=log,
+        )
 
 
 async def _delete_quietly(client: Client, path: str) -> None:
@@ -374,6 +382,7 @@ class SequentialLock(Holdable, abc.ABC):
             # Held under a session that has ended: the node went with it. Start afresh.
             self._node = self._token = self._session = None
             self._count = 0
+            self._leave()
         if self._node is not None:
             if not self.reentrant:
                 raise RecipeStateError(
@@ -398,10 +407,15 @@ class SequentialLock(Holdable, abc.ABC):
             self._acquiring = False
             if not acquired:
                 known = created[-1] if created else None
-                await delete_nodes(self.client, self.path, known=known, prefix=prefix)
+                try:
+                    await self._withdraw(known, prefix)
+                finally:
+                    self._leave()
         return acquired
 
     async def _queue_and_wait(self, prefix: str, created: list[str], blocking: bool) -> bool:
+        if not await self._enter(blocking):
+            return False
         if not self._prepared:
             await self._prepare()
             self._prepared = True
@@ -426,7 +440,25 @@ class SequentialLock(Holdable, abc.ABC):
                 return False
             await self._wait_gone(blockers, session)
 
-    # -- what a backend-native subclass may do faster (see coordkit_native_recipe) ------
+    # -- what a backend-native subclass may do faster or lay out its own way ------------
+    #    (see coordkit_native_recipe): the acquisition above, the release below, the
+    #    token, the session-loss handling and ``async with`` stay the same.
+
+    async def _enter(self, blocking: bool) -> bool:
+        """Before queueing: take what the attempt needs locally (False: not now).
+
+        Called inside the acquisition's timeout; :meth:`_leave` gives it back
+        when the attempt fails, on release, and when a hold was lost with its
+        session.
+        """
+        return True
+
+    def _leave(self) -> None:
+        """Give back what :meth:`_enter` took (idempotent)."""
+
+    async def _withdraw(self, known: str | None, prefix: str) -> None:
+        """Remove our queued node, shielded (see :func:`delete_nodes`)."""
+        await delete_nodes(self.client, self.path, known=known, prefix=prefix)
 
     async def _queue(self) -> list[Contender]:
         """The queued contenders in order; called only after our own node was created.
@@ -471,7 +503,10 @@ class SequentialLock(Holdable, abc.ABC):
             return
         self._lost = self._session is not None and self._session.lost
         node, self._node, self._token, self._session = self._node, None, None, None
-        await delete_nodes(self.client, self.path, known=node, prefix="")
+        try:
+            await self._withdraw(node, "")
+        finally:
+            self._leave()
 
     # -- async with (Holdable) ------------------------------------------------------------
 

@@ -11,6 +11,7 @@ one and read again. This is the one pattern that works on every backend
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from coordkit import (
     WrongTypeError,
 )
 from coordkit.paths import check_path, join
+from coordkit.retry import Conflict
 
 __all__ = ["ConfigWatch", "Tracker", "follow"]
 
@@ -42,7 +44,8 @@ S = TypeVar("S")
 
 #: Errors after which a watch is re-opened (and the state read afresh).
 RETRYABLE = (ConnectionLostError, OperationTimeoutError, SessionExpiredError, CompactedError)
-_MAX_BACKOFF = 2.0
+
+log = logging.getLogger(__name__)
 
 
 class Tracker(abc.ABC, Generic[S]):
@@ -127,7 +130,8 @@ async def follow(
     without, every distinct state in order.
 
     If the watch breaks (:data:`RETRYABLE` errors: lost connection, timeout,
-    session expiry, compaction) a new one is opened after a short backoff and
+    session expiry, compaction) a new one is opened after the client's retry
+    policy's wait (it never gives up) and
     the state is read afresh, so the consumer then gets the latest state
     (changes in the gap are seen only through their result). A non-coordkit
     error of the tracker (say, a decoder rejecting a value) is raised from
@@ -164,7 +168,7 @@ async def _produce(
 ) -> None:
     started = False
     last: list[S] = []  # the last state delivered, if any
-    backoff = 0.05
+    backoff = client.options.retry.backoff(what=f"watch on {path}", logger=log)
 
     async def evaluate(step: Awaitable[S]) -> None:
         try:
@@ -185,20 +189,21 @@ async def _produce(
                 if not started:
                     started = True
                     task_status.started(None)
-                backoff = 0.05
+                backoff.reset()
                 async for event in events:
                     await evaluate(tracker.apply(event))
-        except RETRYABLE:
-            pass  # open a new watch and read afresh
+            ended: Exception = ConnectionLostError("the watch ended")
+        except RETRYABLE as exc:
+            ended = exc  # open a new watch and read afresh
         except Exception as exc:
             if not started:
                 task_status.started(exc)
             else:
                 box.put(_Failure(exc, terminal=True))
             return
-        # A watch that ended or broke: back off, then a fresh watch and read.
-        await anyio.sleep(backoff)
-        backoff = min(backoff * 2, _MAX_BACKOFF)
+        # A watch that ended or broke: back off (the retry policy's waits), then
+        # a fresh watch and read.
+        await backoff.wait(ended)
 
 
 # -- ConfigWatch -----------------------------------------------------------------------
@@ -301,14 +306,18 @@ class ConfigWatch:
         Reads the node (``path``, or ``path/key`` in subtree mode), calls
         ``fn`` with its decoded value (``None`` if missing or empty), writes
         ``encoder(new)`` only if nobody wrote in between (version check) and
-        otherwise retries with the fresh value; a missing node is created
-        (with its parents). ``fn`` may therefore run more than once.
+        otherwise retries with the fresh value (after the client's retry
+        policy's waits); a missing node is created (with its parents). ``fn``
+        may therefore run more than once. Losing every race for the client's
+        operation timeout raises :class:`~coordkit.OperationTimeoutError`
+        (nothing written).
         """
         if self.recursive and key is None:
             raise WrongTypeError("update() of a subtree ConfigWatch needs key=")
         target = join(self.path, key) if key is not None else self.path
         check_path(target)
-        while True:
+
+        async def attempt() -> Any:
             node = await self.client.get(target)
             new = fn(self._decode(node))
             data = self.encoder(new)
@@ -317,9 +326,14 @@ class ConfigWatch:
                     await self.client.create(target, data, make_parents=True)
                 else:
                     await self.client.set(target, data, version=node.version)
-            except (NodeExistsError, BadVersionError, NoNodeError):
-                continue  # someone else wrote first: read again
+            except (NodeExistsError, BadVersionError, NoNodeError) as exc:
+                raise Conflict("someone else wrote first") from exc  # read again
             return new
+
+        options = self.client.options
+        return await options.retry.on_conflict(
+            attempt, deadline=options.timeout, what=f"ConfigWatch.update of {target}", logger=log
+        )
 
     def _decode(self, node: Node | None) -> Any:
         if node is None or not node.value:

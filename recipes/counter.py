@@ -6,6 +6,7 @@ node or an empty value reads as the counter's default.
 
 from __future__ import annotations
 
+import logging
 import re
 
 from coordkit import (
@@ -16,8 +17,11 @@ from coordkit import (
     WrongTypeError,
 )
 from coordkit.paths import check_path
+from coordkit.retry import Conflict
 
 __all__ = ["Counter"]
+
+log = logging.getLogger(__name__)
 
 _DECIMAL = re.compile(rb"-?[0-9]+")
 
@@ -28,8 +32,11 @@ class Counter:
     Guarantees: every :meth:`add` is applied exactly once when it returns,
     and the value it returns is the counter right after that add (no other
     add falls between). It is a compare-and-set on the node's version,
-    retried until it wins, so adds under contention are linearizable but may
-    take several round trips.
+    retried (after the client's retry policy's jittered waits) until it wins,
+    so adds under contention are linearizable but may take several round
+    trips; one that loses every race for the client's operation timeout (or
+    ``retry_max_attempts``) raises :class:`~coordkit.OperationTimeoutError`
+    and has changed nothing.
 
     Faults: the counter holds no session state. If the connection fails
     during :meth:`add`, the error propagates and the add may or may not have
@@ -54,21 +61,27 @@ class Counter:
     async def add(self, delta: int) -> int:
         """Add ``delta`` (may be negative) atomically; return the new value."""
         _check_int("delta", delta)
-        while True:
+
+        async def attempt() -> int:
             node = await self.client.get(self.path)
             if node is None:
                 value = self.default + delta
                 try:
                     await self.client.create(self.path, _encode(value), make_parents=True)
-                    return value
-                except NodeExistsError:
-                    continue  # someone else created it first: add to theirs
+                except NodeExistsError as exc:
+                    raise Conflict("created by another client first") from exc  # add to theirs
+                return value
             value = self._decode(node.value) + delta
             try:
                 await self.client.set(self.path, _encode(value), version=node.version)
-                return value
-            except BadVersionError:
-                continue
+            except BadVersionError as exc:
+                raise Conflict("changed by another client first") from exc
+            return value
+
+        options = self.client.options
+        return await options.retry.on_conflict(
+            attempt, deadline=options.timeout, what=f"Counter.add on {self.path}", logger=log
+        )
 
     def _decode(self, raw: bytes) -> int:
         if not raw:

@@ -10,12 +10,11 @@ candidate just before it, so a leader change wakes exactly one candidate.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import ClassVar, Self
-
-import anyio
 
 from coordkit import Client, Event, EventType, NoNodeError, WrongTypeError
 from coordkit.paths import join, parent
@@ -26,7 +25,7 @@ from .lock import Lock
 
 __all__ = ["Election"]
 
-_MAX_BACKOFF = 2.0
+log = logging.getLogger(__name__)
 
 
 class _Candidacy(Lock):
@@ -155,22 +154,23 @@ class Election:
         cannot be seen. Close it early with ``contextlib.aclosing``.
         """
         last: object = object()
-        backoff = 0.05
+        backoff = self.client.options.retry.backoff(
+            what=f"election watch on {self.path}", logger=log
+        )
         while True:
             try:
                 async with self.client.watch(self.path, recursive=True) as events:
                     candidates = await self._read_candidates()
-                    backoff = 0.05
+                    backoff.reset()
                     while True:
                         current = _leader_of(candidates)
                         if current != last:
                             last = current
                             yield current
                         await self._apply_next(events, candidates)
-            except (_WatchEnded, *RETRYABLE):
-                pass
-            await anyio.sleep(backoff)  # back off, then a new watch and a fresh read
-            backoff = min(backoff * 2, _MAX_BACKOFF)
+            except (_WatchEnded, *RETRYABLE) as exc:
+                # Back off (the retry policy's wait), then a new watch and a fresh read.
+                await backoff.wait(exc)
 
     async def _read_candidates(self) -> dict[str, _Candidate]:
         found: dict[str, _Candidate] = {}

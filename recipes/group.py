@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from types import TracebackType
@@ -19,10 +20,13 @@ from coordkit import (
     SessionExpiredError,
 )
 from coordkit.paths import check_path, join
+from coordkit.retry import Conflict
 
 from .config_watch import Tracker, follow
 
 __all__ = ["Group"]
+
+log = logging.getLogger(__name__)
 
 
 class _Membership(Tracker[frozenset[str]]):
@@ -90,19 +94,24 @@ class Group:
                 return
 
     async def _create(self, session: Session) -> None:
-        while True:
+        async def attempt() -> None:
             try:
                 await self.client.create(self._node, self.data, ephemeral=True, make_parents=True)
                 return
             except NodeExistsError:
                 node = await self.client.get(self._node)
             if node is None:
-                continue  # its holder left between our create and our read: try again
+                raise Conflict("its holder left between our create and our read")  # try again
             if node.ephemeral_owner != session.id:
                 raise NodeExistsError(
                     f"member {self.member_id!r} of {self.path} is held by another session"
                 )
-            return  # already ours (a retried join)
+            # already ours (a retried join)
+
+        options = self.client.options
+        await options.retry.on_conflict(
+            attempt, deadline=options.timeout, what=f"Group.join of {self._node}", logger=log
+        )
 
     async def leave(self) -> None:
         """Remove this member; a no-op if it is not in the group (any more).

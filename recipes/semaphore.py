@@ -14,6 +14,8 @@ of the semaphore agrees on the limit.
 
 from __future__ import annotations
 
+import logging
+
 from coordkit import (
     BadVersionError,
     Client,
@@ -21,10 +23,13 @@ from coordkit import (
     NodeExistsError,
     WrongTypeError,
 )
+from coordkit.retry import Conflict
 
 from .base import Contender, SequentialLock, list_contenders
 
 __all__ = ["Semaphore"]
+
+log = logging.getLogger(__name__)
 
 LEASE_MARKER = "__lease__"
 
@@ -70,8 +75,10 @@ class Semaphore(SequentialLock):
         return ahead[-self.max_leases :]
 
     async def _prepare(self) -> None:
+        """Create the semaphore's node holding ``max_leases``, or check the one there."""
         want = str(self.max_leases).encode("ascii")
-        while True:
+
+        async def attempt() -> None:
             try:
                 await self.client.create(self.path, want, make_parents=True)
                 return
@@ -79,7 +86,7 @@ class Semaphore(SequentialLock):
                 pass
             node = await self.client.get(self.path)
             if node is None:
-                continue  # removed meanwhile: create it again
+                raise Conflict("removed meanwhile")  # create it again
             if node.value == want:
                 return
             if node.value:
@@ -89,9 +96,13 @@ class Semaphore(SequentialLock):
                 )
             try:  # a bare directory (e.g. made by ensure_path): record our limit
                 await self.client.set(self.path, want, version=node.version)
-                return
-            except BadVersionError:
-                continue
+            except BadVersionError as exc:
+                raise Conflict("changed meanwhile") from exc
+
+        options = self.client.options
+        await options.retry.on_conflict(
+            attempt, deadline=options.timeout, what=f"Semaphore setup of {self.path}", logger=log
+        )
 
     async def holders(self) -> list[str]:
         """Identifiers of the current lease holders, in queue order."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
@@ -147,3 +148,25 @@ def test_url_is_accepted_after_the_command_too(
     assert main(["put", "/after", "x", "--url", url]) == 0
     assert main(["--url", url, "get", "/after"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "x"
+
+
+def test_verbose_and_log_level_show_coordkit_logs_on_stderr_for_the_run_only(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    coordkit_logger = logging.getLogger("coordkit")
+    handlers, level = list(coordkit_logger.handlers), coordkit_logger.level
+    assert main(["--url", url, "put", "/quiet", "x"]) == 0
+    assert capsys.readouterr().err == ""  # WARNING by default: nothing to say
+    assert main(["--url", url, "-v", "get", "/quiet"]) == 0
+    err = capsys.readouterr().err
+    assert f"INFO coordkit.client: connected to {url} (session " in err
+    assert "DEBUG" not in err
+    assert main(["get", "/quiet", "--url", url, "-vv"]) == 0  # also after the command
+    assert "DEBUG coordkit.client: closed the client of " in capsys.readouterr().err
+    assert main(["--url", url, "--log-level", "error", "-vv", "get", "/quiet"]) == 0
+    assert capsys.readouterr().err == ""  # --log-level wins over -v
+    assert coordkit_logger.handlers == handlers and coordkit_logger.level == level
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--url", url, "--log-level", "LOUD", "get", "/quiet"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'LOUD'" in capsys.readouterr().err

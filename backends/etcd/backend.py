@@ -16,11 +16,10 @@ retried within the operation timeout.
 from __future__ import annotations
 
 import asyncio
-import secrets
-import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from contextlib import asynccontextmanager, suppress
-from typing import Any
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
@@ -32,7 +31,6 @@ from coordkit.backend import Backend, BackendURL, ConnectOptions, Session
 from coordkit.errors import (
     BadVersionError,
     ClientClosedError,
-    CoordkitError,
     NoChildrenForEphemeralsError,
     NodeExistsError,
     NoNodeError,
@@ -41,15 +39,21 @@ from coordkit.errors import (
 )
 from coordkit.model import Capability, Event, Node, Status
 from coordkit.paths import SEQUENCE_DIGITS, parent
+from coordkit.retry import Conflict
 from coordkit.txn import Compare, Op, TxnResult
 
 from . import ops
 from .keys import KeyLayout, depth, prefix_end
-from .rpc import EtcdChannel, map_error, target_of, ttl_seconds
+from .lease import Leases
+from .rpc import EtcdChannel, map_error, target_of
 from .txn import run_txn
 from .watch import EtcdWatch
 
 __all__ = ["EtcdBackend"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def _ancestors(path: str) -> list[str]:
@@ -80,13 +84,9 @@ class EtcdBackend(Backend):
         self.layout = KeyLayout.from_url_path(url.path)
         self._target = target_of(url)
         self._channel: EtcdChannel | None = None
-        self._session: Session | None = None
-        self._session_lock = anyio.Lock()
+        self._leases = Leases(lambda: self.channel, options)
         self._runner: asyncio.Task[None] | None = None
         self._tg: TaskGroup | None = None
-        self._last_renewed = 0.0
-        self._renewed = anyio.Event()  # set (and replaced) at each confirmation
-        self._granting = 0  # the id of a lease being granted (revoked if open() fails)
         self._aborted = False
         self._closed = False
         self._turns: dict[str, anyio.Semaphore] = {}
@@ -100,9 +100,9 @@ class EtcdBackend(Backend):
             raise UnsupportedError(
                 "the etcd backend runs on asyncio only (grpc.aio, the transport under aetcd)"
             ) from None
-        self._channel = EtcdChannel(self._target, self.options.timeout)
+        self._channel = EtcdChannel(self._target, self.options.timeout, self.options.retry)
         try:
-            self._session = await self._grant()
+            await self._leases.open()
             # The keepalive runs in a task group hosted by a task of its own, so
             # that close() may end it from inside the client's shielded scope,
             # and abort() from any task: neither has to exit a cancel scope
@@ -114,8 +114,9 @@ class EtcdBackend(Backend):
             # Cancelled or failed half-way: leave no keepalive task, lease or channel.
             with anyio.CancelScope(shield=True):
                 await self._stop_runner()
-                await self._revoke(self._granting or (self._session.id if self._session else 0))
-                self._session = None
+                leases, session = self._leases, self._leases.current
+                await leases.revoke(leases.granting or (session.id if session else 0))
+                self._leases = Leases(lambda: self.channel, self.options)
                 await self._channel.close()
                 self._channel = None
             raise
@@ -123,7 +124,7 @@ class EtcdBackend(Backend):
     async def _run(self, started: anyio.Event) -> None:
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            tg.start_soon(self._keepalive_loop)
+            tg.start_soon(self._leases.keep_alive)
             started.set()
             await anyio.sleep_forever()
 
@@ -138,10 +139,10 @@ class EtcdBackend(Backend):
             return
         self._closed = True
         await self._stop_runner()
-        session = self._session
+        session = self._leases.current
         if session is not None and not self._aborted:
             # Revoking the lease deletes the session's ephemeral nodes at once.
-            await self._revoke(session.id)
+            await self._leases.revoke(session.id, self._channel)
             session.mark_lost()
         if self._channel is not None:
             await self._channel.close()
@@ -157,7 +158,7 @@ class EtcdBackend(Backend):
         await self.channel.call(
             self.channel.lease.LeaseRevoke, rpc.LeaseRevokeRequest(ID=old.id), idempotent=True
         )
-        await self._renew_session(old)
+        await self._leases.replace(old, "its lease was revoked (expire_session)")
 
     # -- what native recipes use -----------------------------------------------
 
@@ -169,29 +170,18 @@ class EtcdBackend(Backend):
 
     @property
     def session(self) -> Session:
-        if self._session is None:
-            raise ClientClosedError("the etcd backend is not open")
-        return self._session
+        return self._leases.session
 
     @property
     def last_renewed(self) -> float:
         """``time.monotonic()`` when etcd last confirmed the session's lease
         (its grant or a keepalive answer)."""
-        return self._last_renewed
+        return self._leases.last_renewed
 
     async def wait_renewed(self, since: float) -> None:
         """Return once etcd has confirmed the session's lease after ``since``
         (a ``time.monotonic()`` value)."""
-        while self._last_renewed <= since:
-            await self._renewed.wait()
-
-    def _confirmed(self, asked_at: float) -> None:
-        """etcd confirmed the lease in answer to a request sent at ``asked_at``:
-        the lease lives at least a TTL from then (counting from the answer
-        would let the client believe in its session after etcd expired it)."""
-        self._last_renewed = max(self._last_renewed, asked_at)
-        self._renewed.set()
-        self._renewed = anyio.Event()
+        await self._leases.wait_renewed(since)
 
     def start_soon(self, func: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         """Run ``func`` in the backend's task group (cancelled when the backend closes)."""
@@ -210,102 +200,6 @@ class EtcdBackend(Backend):
     async def read(self, *requests: Any) -> Any:
         """Several range ops read atomically at one revision (a read-only txn)."""
         return await self.kv_txn(ops.txn_request([], list(requests), []), idempotent=True)
-
-    # -- sessions = leases -----------------------------------------------------
-
-    async def _grant(self) -> Session:
-        """A new lease. We choose its id, so a grant whose answer we never saw
-        (cancelled, or the connection broke) can still be revoked by that id."""
-        while True:
-            self._granting = secrets.randbits(62) + 1
-            asked_at = time.monotonic()
-            try:
-                reply = await self.channel.call(
-                    self.channel.lease.LeaseGrant,
-                    rpc.LeaseGrantRequest(
-                        TTL=ttl_seconds(self.options.session_ttl), ID=self._granting
-                    ),
-                    idempotent=False,
-                )
-            except CoordkitError as exc:
-                if "lease already exists" in str(exc):
-                    continue  # someone holds that id: pick another
-                raise
-            self._granting = 0
-            self._confirmed(asked_at)
-            return Session(int(reply.ID), float(reply.TTL))
-
-    async def _revoke(self, lease_id: int) -> None:
-        """Revoke a lease (best effort, bounded): its keys go at once."""
-        if not lease_id or self._channel is None:
-            return
-        channel = self._channel
-        with anyio.move_on_after(min(self.options.timeout, 3.0)), suppress(CoordkitError):
-            await channel.call(
-                channel.lease.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease_id), idempotent=True
-            )
-
-    async def _renew_session(self, old: Session) -> None:
-        """Mark ``old`` lost and open a fresh lease (once, however many callers)."""
-        # Shielded: marking the old session lost wakes its holders, which may
-        # cancel the very task that runs this; the client needs the new lease.
-        with anyio.CancelScope(shield=True):
-            async with self._session_lock:
-                if self._session is not old:
-                    return
-                old.mark_lost()
-                self._session = await self._grant()
-
-    async def _keepalive_loop(self) -> None:
-        while True:
-            with suppress(Exception):
-                await self._keepalive_stream()
-            session = self.session
-            session.mark_suspended()
-            if time.monotonic() - self._last_renewed > session.ttl:
-                # Not renewed for a whole TTL: the server has dropped the lease.
-                with suppress(CoordkitError):
-                    await self._renew_session(session)
-            await anyio.sleep(0.1)
-
-    async def _keepalive_stream(self) -> None:
-        stream = self.channel.stream(self.channel.lease.LeaseKeepAlive)
-        try:
-            while True:
-                session = self.session
-                asked_at = time.monotonic()
-                with anyio.fail_after(max(session.ttl / 3, 0.5)):
-                    await stream.write(rpc.LeaseKeepAliveRequest(ID=session.id))
-                    reply = await stream.read()
-                if reply is grpc.aio.EOF:
-                    return
-                if session.id != reply.ID or session is not self._session:
-                    continue
-                if reply.TTL <= 0:
-                    await self._renew_session(session)
-                    continue
-                self._confirmed(asked_at)
-                session.mark_connected()
-                await anyio.sleep(session.ttl / 3)
-        finally:
-            await stream.close()
-
-    async def lease_alive(self, session: Session) -> bool:
-        """Whether etcd still has ``session``'s lease; if not, the session is
-        marked lost (and a new one opened) before this returns False."""
-        if session.lost:
-            return False
-        reply = await self.channel.call(
-            self.channel.lease.LeaseTimeToLive,
-            rpc.LeaseTimeToLiveRequest(ID=session.id),
-            idempotent=True,
-        )
-        if reply.TTL > 0:
-            return True
-        with suppress(CoordkitError):
-            await self._renew_session(session)
-        session.mark_lost()
-        return False
 
     def lease_for(self, ephemeral: bool) -> int:
         return self.session.id if ephemeral else 0
@@ -378,7 +272,8 @@ class EtcdBackend(Backend):
     ) -> Node:
         layout, lease = self.layout, self.lease_for(ephemeral)
         parent_path = parent(path)
-        while True:
+
+        async def attempt() -> Node:
             compares: list[Any] = []
             writes: list[Any] = []
             seq_version, seq_next = 0, 0
@@ -421,7 +316,9 @@ class EtcdBackend(Backend):
                 raise NoNodeError(f"parent of {path!r} does not exist")
             if parent_kv and parent_kv[0].lease:
                 raise NoChildrenForEphemeralsError(f"{parent_path!r} is ephemeral")
-            # A sequence counter or an ancestor changed under us: read again.
+            raise Conflict("a sequence counter or an ancestor changed meanwhile")
+
+        return await self._on_conflict(attempt, f"etcd create {path}")
 
     def _plan_parents(self, path: str, seen: Any, compares: list[Any], writes: list[Any]) -> None:
         """Pin each ancestor as read (by mod revision) and create the missing ones."""
@@ -480,7 +377,8 @@ class EtcdBackend(Backend):
             ops.delete_op(layout.sequence(path)),
         ]
         diagnose = [ops.range_op(key), ops.range_op(kids, prefix_end(kids), count_only=True)]
-        while True:
+
+        async def attempt() -> None:
             reply = await self.kv_txn(ops.txn_request(compares, writes, diagnose))
             if reply.succeeded:
                 return
@@ -491,12 +389,16 @@ class EtcdBackend(Backend):
                 raise BadVersionError(f"{path}: version is {found[0].version - 1}, not {version}")
             if count:
                 raise NotEmptyError(path)
+            raise Conflict("a child came and went meanwhile")
+
+        await self._on_conflict(attempt, f"etcd delete {path}")
 
     async def _delete_tree(self, path: str, version: int | None) -> None:
         """Delete ``path`` and its subtree in one transaction, pinned to what was read."""
         layout = self.layout
         key, below = layout.data(path), layout.subtree(path)
-        while True:
+
+        async def attempt() -> None:
             seen = await self.read(
                 ops.range_op(key), ops.range_op(below, prefix_end(below), keys_only=True)
             )
@@ -524,13 +426,24 @@ class EtcdBackend(Backend):
                 at = layout.descendants_at(path, level)
                 writes.append(ops.delete_op(at, prefix_end(at)))
             reply = await self.kv_txn(ops.txn_request(compares, writes, []))
-            if reply.succeeded:
-                return
+            if not reply.succeeded:
+                raise Conflict("the subtree changed meanwhile")
+
+        await self._on_conflict(attempt, f"etcd recursive delete {path}")
+
+    async def _on_conflict(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
+        """Run a compare-and-set ``attempt`` until no concurrent change beats it
+        (the retry policy's waits, within the operation timeout)."""
+        return await self.options.retry.on_conflict(
+            attempt, deadline=self.options.timeout, what=what, logger=log
+        )
 
     async def txn(
         self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op]
     ) -> TxnResult:
-        return await run_txn(self, compares, success, failure)
+        return await self._on_conflict(
+            lambda: run_txn(self, compares, success, failure), "etcd transaction"
+        )
 
     # -- watches ---------------------------------------------------------------
 

@@ -7,187 +7,97 @@ is ``NAME/<its lease id in hex>``, attached to that lease, and contenders are
 ordered by create revision: each waits until no key with a lower create
 revision remains (etcd's ``waitDeletes``), watching the next-lower one.
 
+:class:`EtcdLock` is the generic :class:`coordkit.recipes.Lock` with this
+layout: it overrides only how a contender queues, lists the queue, waits
+for its predecessor and withdraws (the hooks of the recipes'
+``SequentialLock``). The fencing token (the key's create revision), FIFO
+order, reentrancy, timeouts, cancellation cleanup, session loss and
+``async with`` are the generic recipe's code. :class:`EtcdElection` is the
+generic :class:`coordkit.recipes.Election` whose candidates queue as
+:class:`EtcdLock` does, with its own ``leader()`` and ``observe()`` on the
+etcd keys.
+
 One key per lease means one contender per session: instances on the same
 client take turns through a local FIFO semaphore first, then queue in etcd.
-These classes import only coordkit and the etcd backend (never coordkit.recipes)
-and offer the same public interface as the generic recipes.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import grpc
 from aetcd import rpc
 
-from coordkit import (
-    Client,
-    ConnectionLostError,
-    CoordkitError,
-    LockLostError,
-    RecipeStateError,
-    SessionExpiredError,
-    WrongTypeError,
-)
+from coordkit import Client, ConnectionLostError, CoordkitError, SessionExpiredError
 from coordkit.backend import Session
-from coordkit.holding import Holdable, cancelled_on_loss
-from coordkit.paths import check_path
+from coordkit.model import Node
+from coordkit.paths import join
+from coordkit.recipes.base import Contender, unless_session_lost
+from coordkit.recipes.election import Election
+from coordkit.recipes.lock import Lock
+from coordkit.retry import Backoff, describe_error
 
 from . import ops
 from .keys import prefix_end
-from .rpc import map_error
+from .rpc import Stream, map_error
 
 if TYPE_CHECKING:
     from .backend import EtcdBackend
 
 __all__ = ["NATIVE_RECIPES", "EtcdElection", "EtcdLock"]
 
+log = logging.getLogger(__name__)
+
 _NOPUT = rpc.WatchCreateRequest.FilterType.NOPUT
 _DELETE = 1  # etcd's mvccpb.Event.DELETE
+#: A watch stream that broke: the member went away or lost its leader.
+_BROKEN = (grpc.aio.AioRpcError, ConnectionLostError)
 
 
-class _Contender(Holdable):
-    """A key ``NAME/<lease hex>`` queued by create revision (shared by Lock and Election)."""
+class EtcdLock(Lock):
+    """A mutex interoperable with ``etcdctl lock NAME`` (etcd's ``concurrency.Mutex``).
 
-    def __init__(self, client: Client, path: str) -> None:
-        if not isinstance(client, Client):
-            raise WrongTypeError(f"client must be a coordkit.Client, not {type(client).__name__}")
-        check_path(path)
-        self.client = client
-        self.path = path
-        self.backend: EtcdBackend = client.backend  # type: ignore[assignment]
-        self.name = self.backend.layout.native_name(path)
-        self.prefix = (self.name + "/").encode()
-        self._key: bytes | None = None
-        self._token: int | None = None
-        self._session: Session | None = None
-        self._lost = False
-        self._turn: anyio.Semaphore | None = None
+    Same interface and guarantees as :class:`coordkit.recipes.Lock` (it is
+    one); the key's value is the identifier (``etcdctl`` writes an empty one).
+    """
 
-    @property
-    def token(self) -> int | None:
-        """While held: our key's create revision (strictly increases from holder to
-        holder). None once the session it was acquired under has ended."""
-        if self._key is None or self._session is None or self._session.lost:
-            return None
-        return self._token
-
-    async def _forget_lost(self) -> None:
-        """Held under a session that has ended: the key went with the lease (we
-        delete it anyway, in case the server has not noticed yet) and the local
-        turn is given back, so the object can acquire or campaign afresh."""
-        if self._key is not None and self._session is not None and self._session.lost:
-            self._session, self._lost = None, True
-            await self._drop_key()
-            self._leave_turn()
+    #: the key we queued under (or may have: a put whose answer was lost).
+    _key: bytes | None = None
+    #: this client's turn for the name, while we hold it.
+    _turn: anyio.Semaphore | None = None
+    #: the revision the last queue listing was read at.
+    _listed_at = 0
+    _backoff: Backoff | None = None
 
     @property
-    def lost(self) -> bool:
-        if self._key is not None and self._session is not None:
-            return self._session.lost
-        return self._lost
+    def backend(self) -> EtcdBackend:
+        backend: EtcdBackend = self.client.backend
+        return backend
 
-    async def wait_lost(self) -> None:
-        if self._session is None or self._key is None:
-            raise RecipeStateError(f"{type(self).__name__} on {self.path} is not held")
-        await self._session.wait_lost()
+    @property
+    def name(self) -> str:
+        """The etcd name (``etcdctl lock NAME``): the URL's key prefix, then the path."""
+        return self.backend.layout.native_name(self.path)
 
-    async def _queue(self, value: bytes, blocking: bool) -> bool:
-        """Put our key and wait until it is first; on False/errors the caller cleans up."""
-        session = self.backend.session
-        if session.lost:
-            raise SessionExpiredError("the session has ended")
-        key = self.prefix + f"{session.id:x}".encode()
-        self._session, self._key = session, key
-        put = ops.put_op(key, value, lease=session.id)
-        reply = await self.backend.kv_txn(
-            ops.txn_request(
-                [ops.compare(key, ops.CREATE, ops.EQUAL, 0)], [put], [ops.range_op(key)]
-            )
-        )
-        if reply.succeeded:
-            mine = int(reply.header.revision)
-        else:
-            mine = int(ops.kvs(reply.responses[0])[0].create_revision)
-            await self.backend.kv_txn(ops.txn_request([], [put], []))  # proclaim our value
-        while True:
-            ahead = await self.backend.read(
-                ops.range_op(
-                    self.prefix,
-                    prefix_end(self.prefix),
-                    limit=1,
-                    sort_create=rpc.RangeRequest.DESCEND,
-                    max_create_revision=mine - 1,
-                ),
-                ops.range_op(key, count_only=True),
-            )
-            if ops.count(ahead.responses[1]) == 0:
-                # Gone with our lease (the session ended), or deleted by someone.
-                if not await self.backend.lease_alive(session):
-                    raise SessionExpiredError("the session ended while waiting")
-                raise LockLostError(f"our key on {self.name} was deleted while queueing")
-            found = ops.kvs(ahead.responses[0])
-            if not found:
-                self._token = mine
-                return True
-            if not blocking:
-                return False
-            await self._wait_deleted(found[0].key, int(ahead.header.revision), session)
+    @property
+    def prefix(self) -> bytes:
+        return (self.name + "/").encode()
 
-    async def _wait_deleted(self, key: bytes, revision: int, session: Session) -> None:
-        """Return once ``key`` may have been deleted after ``revision`` (the caller
-        reads the queue again); raise if our session ends meanwhile."""
-        stream = self.backend.channel.stream(self.backend.channel.watch.Watch)
-        create = rpc.WatchCreateRequest(key=key, start_revision=revision + 1, filters=[_NOPUT])
-        broken = False
-        try:
-            async with anyio.create_task_group() as tg:
+    async def contenders(self) -> list[str]:
+        """Identifiers of the queued contenders, holder first (lease hex for etcdctl's)."""
+        return await _contender_values(self.backend, self.prefix)
 
-                async def on_loss() -> None:
-                    await session.wait_lost()
-                    tg.cancel_scope.cancel()
+    # -- the SequentialLock hooks ------------------------------------------------
 
-                tg.start_soon(on_loss)
-                try:
-                    await stream.write(rpc.WatchRequest(create_request=create))
-                    while True:
-                        reply = await stream.read()
-                        if reply is grpc.aio.EOF or reply.events or reply.canceled:
-                            break  # deleted, or the stream ended: read the queue again
-                except (grpc.aio.AioRpcError, ConnectionLostError):
-                    broken = True  # the member went away or lost its leader
-                tg.cancel_scope.cancel()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await stream.close()
-        if session.lost:
-            raise SessionExpiredError("the session ended while waiting")
-        if broken:
-            await anyio.sleep(0.05)  # back off; the queue read retries within the timeout
+    async def _prepare(self) -> None:
+        """Nothing to prepare: etcd keys need no parent."""
 
-    async def _drop_key(self) -> None:
-        """Delete our key (shielded; if etcd is unreachable the lease takes it)."""
-        key, self._key, self._token = self._key, None, None
-        if key is None:
-            return
-        with anyio.CancelScope(shield=True), suppress(CoordkitError):
-            await self.backend.kv_txn(ops.txn_request([], [ops.delete_op(key)], []))
-
-    async def _contender_values(self) -> list[str]:
-        reply = await self.backend.read(
-            ops.range_op(self.prefix, prefix_end(self.prefix), sort_create=rpc.RangeRequest.ASCEND)
-        )
-        out = []
-        for kv in ops.kvs(reply.responses[0]):
-            value = kv.value.decode("utf-8", "replace")
-            out.append(value or kv.key[len(self.prefix) :].decode())  # etcdctl lock: no value
-        return out
-
-    async def _enter_turn(self, blocking: bool) -> bool:
-        """Take this client's turn for the name; ``_turn`` is set only once it is ours."""
+    async def _enter(self, blocking: bool) -> bool:
+        """Take this client's turn for the name (one key per lease)."""
         turn = self.backend.native_turn(self.name)
         if not blocking:
             try:
@@ -199,155 +109,131 @@ class _Contender(Holdable):
         self._turn = turn
         return True
 
-    def _leave_turn(self) -> None:
-        turn, self._turn = self._turn, None
+    def _leave(self) -> None:
+        turn, self._turn, self._key = self._turn, None, None
         if turn is not None:
             turn.release()
 
+    async def _create(self, prefix: str, session: Session) -> Node:
+        """Put ``NAME/<lease hex>`` (or take over our own left-over key)."""
+        if session.lost:
+            raise SessionExpiredError("the session ended while waiting")
+        key = self.prefix + f"{session.id:x}".encode()
+        self._key = key
+        put = ops.put_op(key, self.identifier.encode(), lease=session.id)
+        reply = await self.backend.kv_txn(
+            ops.txn_request(
+                [ops.compare(key, ops.CREATE, ops.EQUAL, 0)], [put], [ops.range_op(key)]
+            )
+        )
+        if reply.succeeded:
+            revision = int(reply.header.revision)
+        else:
+            revision = int(ops.kvs(reply.responses[0])[0].create_revision)
+            await self.backend.kv_txn(ops.txn_request([], [put], []))  # proclaim our value
+        path = join(self.path, f"{session.id:x}")
+        return Node(path, self.identifier.encode(), revision, revision, 0, session.id)
 
-class EtcdLock(_Contender):
-    """A mutex interoperable with ``etcdctl lock NAME`` (etcd's ``concurrency.Mutex``).
+    async def _queue(self) -> list[Contender]:
+        """Every contender's key in create-revision order, named by its lease hex."""
+        reply = await self.backend.read(
+            ops.range_op(
+                self.prefix,
+                prefix_end(self.prefix),
+                keys_only=True,
+                sort_create=rpc.RangeRequest.ASCEND,
+            )
+        )
+        self._listed_at = int(reply.header.revision)
+        return [
+            Contender(kv.key[len(self.prefix) :].decode(), "", int(kv.create_revision))
+            for kv in ops.kvs(reply.responses[0])
+        ]
 
-    Same interface and guarantees as :class:`coordkit.recipes.Lock`; the key's
-    value is the identifier (``etcdctl`` writes an empty one).
-    """
+    async def _wait_gone(self, blockers: list[Contender], session: Session) -> None:
+        """Return once the predecessor's key may be gone (the caller lists the
+        queue again); SessionExpiredError if ``session`` ends first."""
+        key = self.prefix + blockers[-1].name.encode()
 
-    def __init__(
-        self,
-        client: Client,
-        path: str,
-        identifier: str | None = None,
-        *,
-        reentrant: bool = False,
-    ) -> None:
-        super().__init__(client, path)
-        if identifier is not None and not isinstance(identifier, str):
-            raise WrongTypeError(f"identifier must be str, not {type(identifier).__name__}")
-        self.identifier = identifier or ""
-        self.reentrant = reentrant
-        self._count = 0
-        self._acquiring = False
+        if self._backoff is None:
+            self._backoff = self.client.options.retry.backoff(
+                what=f"etcd watch in {self.name}", logger=log
+            )
+        backoff = self._backoff
 
-    @property
-    def is_held(self) -> bool:
-        return self._key is not None and self._session is not None and not self._session.lost
+        async def wait() -> None:
+            try:
+                await _deleted_after(self.backend, key, self._listed_at)
+                backoff.reset()
+            except _BROKEN as exc:
+                await backoff.wait(exc)  # then the queue is read again
 
-    async def contenders(self) -> list[str]:
-        """Identifiers of the queued contenders, holder first (lease hex for etcdctl's)."""
-        return await self._contender_values()
+        await unless_session_lost(wait, session)
 
-    async def acquire(self, timeout: float | None = None, blocking: bool = True) -> bool:
-        """Queue and wait our turn; True once held, False on timeout (or at once
-        with ``blocking=False``). A lock lost with its session is acquired afresh."""
-        await self._forget_lost()
-        if self._key is not None:
-            if not self.reentrant:
-                raise RecipeStateError(
-                    f"EtcdLock on {self.path} is already held by this object "
-                    "(pass reentrant=True to count nested acquisitions)"
-                )
-            self._count += 1
-            return True
-        if self._acquiring:
-            raise RecipeStateError(f"EtcdLock on {self.path} is already being acquired")
-        self._acquiring, self._lost = True, False
-        acquired = False
-        try:
-            with anyio.move_on_after(timeout):
-                if await self._enter_turn(blocking):
-                    acquired = await self._queue(self.identifier.encode(), blocking)
-        finally:
-            self._acquiring = False
-            if not acquired:
-                await self._drop_key()
-                self._session = None
-                self._leave_turn()
-        if acquired:
-            self._count = 1
-        return acquired
-
-    async def release(self) -> None:
-        if self._key is None:
-            raise RecipeStateError(f"EtcdLock on {self.path} is not held")
-        self._count -= 1
-        if self._count > 0:
+    async def _withdraw(self, known: str | None, prefix: str) -> None:
+        """Delete our key (shielded; if etcd is unreachable the lease takes it)."""
+        key, self._key = self._key, None
+        if key is None:
             return
-        self._lost = self._session is not None and self._session.lost
-        self._session = None
-        await self._drop_key()
-        self._leave_turn()
-
-    @asynccontextmanager
-    async def _hold(self) -> AsyncIterator[None]:
-        await self.acquire()
-        assert self._session is not None
-        try:
-            async with cancelled_on_loss(self._session, f"EtcdLock on {self.path}"):
-                yield
-        finally:
-            await self.release()
-
-    def __repr__(self) -> str:
-        state = "held" if self.is_held else "lost" if self.lost else "free"
-        return f"EtcdLock({self.name!r}, identifier={self.identifier!r}, {state})"
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.backend.kv_txn(ops.txn_request([], [ops.delete_op(key)], []))
+            except CoordkitError as exc:
+                log.debug("could not delete %r (its lease will): %s", key, describe_error(exc))
 
 
-class EtcdElection(_Contender):
+async def _deleted_after(backend: EtcdBackend, key: bytes, revision: int) -> None:
+    """Return once ``key`` is deleted after ``revision`` (or the watch ends
+    without saying, e.g. its history was compacted: look again)."""
+    stream = backend.channel.stream(backend.channel.watch.Watch)
+    create = rpc.WatchCreateRequest(key=key, start_revision=revision + 1, filters=[_NOPUT])
+    try:
+        await stream.write(rpc.WatchRequest(create_request=create))
+        while True:
+            reply = await stream.read()
+            if reply is grpc.aio.EOF or reply.events or reply.canceled or reply.compact_revision:
+                return
+    finally:
+        with anyio.CancelScope(shield=True):
+            await stream.close()
+
+
+async def _contender_values(backend: EtcdBackend, prefix: bytes) -> list[str]:
+    reply = await backend.read(
+        ops.range_op(prefix, prefix_end(prefix), sort_create=rpc.RangeRequest.ASCEND)
+    )
+    out = []
+    for kv in ops.kvs(reply.responses[0]):
+        value = kv.value.decode("utf-8", "replace")
+        out.append(value or kv.key[len(prefix) :].decode())  # etcdctl lock: no value
+    return out
+
+
+class _EtcdCandidacy(EtcdLock):
+    """The election's queue: candidates queue as :class:`EtcdLock` does."""
+
+
+class EtcdElection(Election):
     """Leader election interoperable with ``etcdctl elect NAME [PROPOSAL]``.
 
-    The leader is the contender with the lowest create revision; its key's
-    value is its identity (etcdctl's proposal).
+    :class:`coordkit.recipes.Election` whose candidates queue on etcd's
+    layout. The leader is the contender with the lowest create revision;
+    its key's value is its identity (etcdctl's proposal).
     """
 
+    _candidacy_class = _EtcdCandidacy
+
     def __init__(self, client: Client, path: str, identity: str) -> None:
-        super().__init__(client, path)
-        if not isinstance(identity, str):
-            raise WrongTypeError(f"identity must be str, not {type(identity).__name__}")
-        self.identity = identity
-
-    @property
-    def is_leader(self) -> bool:
-        return self._key is not None and self._session is not None and not self._session.lost
-
-    async def campaign(self) -> None:
-        """Block until this candidate leads. Cancellation withdraws the candidacy.
-        A leadership lost with its session is not in the way: campaign again."""
-        await self._forget_lost()
-        if self._key is not None:
-            raise RecipeStateError(f"EtcdElection on {self.path} is already campaigning or leading")
-        self._lost = False
-        won = False
-        try:
-            await self._enter_turn(True)
-            won = await self._queue(self.identity.encode(), True)
-        finally:
-            if not won:
-                await self._drop_key()
-                self._session = None
-                self._leave_turn()
-
-    async def resign(self) -> None:
-        """Give up leadership (a no-op if not leading)."""
-        if self._key is None:
-            return
-        self._lost = self._session is not None and self._session.lost
-        self._session = None
-        await self._drop_key()
-        self._leave_turn()
-
-    async def contenders(self) -> list[str]:
-        """Identities of every candidate, the leader first, then in line order
-        (etcdctl's empty proposals show as their lease hex)."""
-        return await self._contender_values()
+        super().__init__(client, path, identity)
+        self.backend: EtcdBackend = client.backend  # type: ignore[assignment]
+        self.name = self.backend.layout.native_name(path)
+        self.prefix = (self.name + "/").encode()
 
     async def leader(self) -> str | None:
         """The current leader's identity, or None when nobody leads."""
         reply = await self.backend.read(
             ops.range_op(
-                self.prefix,
-                prefix_end(self.prefix),
-                limit=1,
-                sort_create=rpc.RangeRequest.ASCEND,
+                self.prefix, prefix_end(self.prefix), limit=1, sort_create=rpc.RangeRequest.ASCEND
             )
         )
         found = ops.kvs(reply.responses[0])
@@ -361,84 +247,111 @@ class EtcdElection(_Contender):
         it, and the leader is worked out after every revision, so a leader
         that came and went between two of our reads is still reported (the
         same identity is never reported twice in a row). If the stream breaks,
-        the watch resumes from the revision after the last one seen: nothing
-        is missed unless etcd compacted that history meanwhile (then the
-        contenders are read afresh).
+        the watch resumes (after the retry policy's wait) from the revision
+        after the last one seen: nothing is missed unless etcd compacted that
+        history meanwhile (then the contenders are read afresh).
         """
-        end = prefix_end(self.prefix)
-        last: object = object()
-        contenders: dict[bytes, tuple[int, str]] = {}  # key -> (create revision, identity)
-        next_revision = 0  # 0: read the contenders afresh
+        view = _Contenders()
+        backoff = self.client.options.retry.backoff(
+            what=f"etcd election watch in {self.name}", logger=log
+        )
         while True:
-            if next_revision == 0:
-                reply = await self.backend.read(ops.range_op(self.prefix, end))
-                contenders = {kv.key: _contender(kv) for kv in ops.kvs(reply.responses[0])}
-                next_revision = int(reply.header.revision) + 1
-                current = _leader_of(contenders)
-                if current != last:
-                    last = current
-                    yield current
-            stream = self.backend.channel.stream(self.backend.channel.watch.Watch)
+            if view.next_revision == 0:
+                reply = await self.backend.read(ops.range_op(self.prefix, prefix_end(self.prefix)))
+                for leader in view.reset(ops.kvs(reply.responses[0]), int(reply.header.revision)):
+                    yield leader
             try:
-                create = rpc.WatchCreateRequest(
-                    key=self.prefix, range_end=end, start_revision=next_revision
-                )
-                try:
-                    with anyio.fail_after(self.backend.options.timeout):
-                        await stream.write(rpc.WatchRequest(create_request=create))
-                        await stream.read()  # created
-                except TimeoutError as exc:
-                    raise map_error(exc) from exc
-                while True:
-                    reply = await stream.read()
-                    if reply is grpc.aio.EOF:
-                        break
-                    if reply.compact_revision:
-                        next_revision = 0  # history gone: read the contenders afresh
-                        break
-                    if reply.canceled:
-                        break
-                    # A response holds whole revisions, in order: the leader is
-                    # worked out after each one.
-                    events = list(reply.events)
-                    for i, event in enumerate(events):
-                        kv = event.kv
-                        if event.type == _DELETE:
-                            contenders.pop(kv.key, None)
-                        else:
-                            contenders[kv.key] = _contender(kv)
-                        next_revision = max(next_revision, int(kv.mod_revision) + 1)
-                        if i + 1 < len(events) and events[i + 1].kv.mod_revision == kv.mod_revision:
-                            continue  # the rest of this revision first
-                        current = _leader_of(contenders)
-                        if current != last:
-                            last = current
-                            yield current
-            except (grpc.aio.AioRpcError, ConnectionLostError):
-                pass  # the member went away or lost its leader: resume the watch
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await stream.close()
-            await anyio.sleep(0.05)  # back off; reads retry within the timeout
+                async with self._watch(view.next_revision) as replies:
+                    async for reply in replies:
+                        for leader in view.apply(reply):
+                            yield leader
+                        backoff.reset()
+                ended: Exception = ConnectionLostError("etcd ended the watch")
+            except _BROKEN as exc:
+                ended = exc
+            await backoff.wait(ended)  # then resume from view.next_revision
 
     @asynccontextmanager
-    async def _hold(self) -> AsyncIterator[None]:
-        await self.campaign()
-        assert self._session is not None
+    async def _watch(self, start: int) -> AsyncIterator[AsyncIterator[Any]]:
+        """A watch on every contender key from revision ``start``: its responses
+        until the stream ends (an error of the stream is raised)."""
+        channel = self.backend.channel
+        stream = channel.stream(channel.watch.Watch)
         try:
-            async with cancelled_on_loss(self._session, f"EtcdElection on {self.path}"):
-                yield
+            create = rpc.WatchCreateRequest(
+                key=self.prefix, range_end=prefix_end(self.prefix), start_revision=start
+            )
+            try:
+                with anyio.fail_after(self.backend.options.timeout):
+                    await stream.write(rpc.WatchRequest(create_request=create))
+                    await stream.read()  # created
+            except TimeoutError as exc:
+                raise map_error(exc) from exc
+            yield _responses(stream)
         finally:
-            await self.resign()
+            with anyio.CancelScope(shield=True):
+                await stream.close()
+
+
+async def _responses(stream: Stream) -> AsyncIterator[Any]:
+    while True:
+        reply = await stream.read()
+        if reply is grpc.aio.EOF:
+            return
+        yield reply
+        if reply.canceled or reply.compact_revision:
+            return
+
+
+class _Contenders:
+    """The election's contenders as last read, kept up to date from a watch.
+
+    ``next_revision`` is the revision after the last one applied (0: read the
+    contenders afresh); the leader is reported whenever it differs from the
+    last one reported.
+    """
+
+    def __init__(self) -> None:
+        self.keys: dict[bytes, tuple[int, str]] = {}  # key -> (create revision, identity)
+        self.next_revision = 0
+        self._last: object = object()  # nothing reported yet
+
+    def reset(self, kvs: Any, revision: int) -> list[str | None]:
+        """The contenders as read at ``revision``; returns the leader if it changed."""
+        self.keys = {kv.key: _contender(kv) for kv in kvs}
+        self.next_revision = revision + 1
+        return self._report()
+
+    def apply(self, reply: Any) -> list[str | None]:
+        """One watch response (whole revisions, in order): the leaders it makes,
+        worked out after each revision."""
+        if reply.compact_revision:
+            self.next_revision = 0  # history gone: read the contenders afresh
+            return []
+        leaders: list[str | None] = []
+        events = list(reply.events)
+        for i, event in enumerate(events):
+            kv = event.kv
+            if event.type == _DELETE:
+                self.keys.pop(kv.key, None)
+            else:
+                self.keys[kv.key] = _contender(kv)
+            self.next_revision = max(self.next_revision, int(kv.mod_revision) + 1)
+            if i + 1 < len(events) and events[i + 1].kv.mod_revision == kv.mod_revision:
+                continue  # the rest of this revision first
+            leaders += self._report()
+        return leaders
+
+    def _report(self) -> list[str | None]:
+        current = min(self.keys.values())[1] if self.keys else None
+        if current == self._last:
+            return []
+        self._last = current
+        return [current]
 
 
 def _contender(kv: Any) -> tuple[int, str]:
     return int(kv.create_revision), kv.value.decode("utf-8", "replace")
-
-
-def _leader_of(contenders: dict[bytes, tuple[int, str]]) -> str | None:
-    """The identity of the contender with the lowest create revision."""
-    return min(contenders.values())[1] if contenders else None
 
 
 NATIVE_RECIPES: dict[str, type[Any]] = {"Lock": EtcdLock, "Election": EtcdElection}

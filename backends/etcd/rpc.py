@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
 from typing import Any, TypeVar
 
 import anyio
@@ -33,6 +33,7 @@ from coordkit.errors import (
     SessionExpiredError,
     ValueTooLargeError,
 )
+from coordkit.retry import RetryPolicy, describe_error
 
 __all__ = [
     "DEFAULT_PORT",
@@ -45,6 +46,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 2379
 
@@ -62,9 +65,9 @@ _CHANNEL_OPTIONS = [
     # Our own connections, not ones shared with other channels of the process:
     # pick_first then really starts with the first address of this URL.
     ("grpc.use_local_subchannel_pool", 1),
-    ("grpc.initial_reconnect_backoff_ms", 100),
+    # grpc's floor on a connection attempt's timeout (its reconnect waits come
+    # from the retry policy, see channel_options).
     ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
     # HTTP/2 pings find a member that stopped answering while its TCP
     # connection stays up (a frozen process, a partition): without them a
     # watch on it would wait forever. etcd refuses pings more often than its
@@ -85,6 +88,17 @@ class WatchCompacted(Exception):
     def __init__(self, compact_revision: int) -> None:
         super().__init__(compact_revision)
         self.compact_revision = compact_revision
+
+
+def channel_options(retry: RetryPolicy) -> list[tuple[str, Any]]:
+    """The channel's options: grpc reconnects the channel itself, on its own
+    thread, waiting (with grpc's jitter) from the policy's initial to its
+    maximum delay, so one URL option tunes it as it tunes every other retry."""
+    return [
+        *_CHANNEL_OPTIONS,
+        ("grpc.initial_reconnect_backoff_ms", max(1, round(retry.initial_delay * 1000))),
+        ("grpc.max_reconnect_backoff_ms", max(1, round(retry.max_delay * 1000))),
+    ]
 
 
 def map_error(exc: BaseException) -> CoordkitError:
@@ -270,16 +284,23 @@ class Stream:
         reading, self._reading = self._reading, None
         if reading is not None:
             reading.cancel()
-        with anyio.CancelScope(shield=True), anyio.move_on_after(2), suppress(Exception):
-            await settled(self.call.code(), self.call)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+            try:
+                await settled(self.call.code(), self.call)
+            except (grpc.aio.AioRpcError, CoordkitError):
+                pass  # the call ended as it could: closing is all we asked
+            except Exception:
+                log.exception("unexpected error while closing an etcd stream")
 
 
 class EtcdChannel:
     """One gRPC channel to the cluster and its stubs; :meth:`call` runs a unary RPC."""
 
-    def __init__(self, target: str, timeout: float) -> None:
+    def __init__(self, target: str, timeout: float, retry: RetryPolicy | None = None) -> None:
+        self.target = target
         self.timeout = timeout
-        self.channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self.retry = retry or RetryPolicy()
+        self.channel = grpc.aio.insecure_channel(target, options=channel_options(self.retry))
         self.kv = rpc.KVStub(self.channel)
         self.lease = rpc.LeaseStub(self.channel)
         self.watch = rpc.WatchStub(self.channel)
@@ -299,28 +320,44 @@ class EtcdChannel:
         """Run ``method(request)`` within the deadline, retrying what is safe to retry.
 
         Reads are idempotent and retried on any unavailability; writes only when
-        etcd reports it did not apply them. Errors leave as coordkit errors.
+        etcd reports it did not apply them. Retries follow the retry policy,
+        within the deadline. Errors leave as coordkit errors.
         Cancelling the caller cancels the RPC (a write may or may not have been
         applied: etcd applies a transaction whole or not at all).
         """
         budget = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + budget
-        delay = 0.05
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                call = method(request, timeout=max(remaining, 0.001), wait_for_ready=True)
-                reply = await self._unary(call, idempotent)
-            except grpc.aio.AioRpcError as exc:
-                if not _retryable(exc, idempotent) or deadline - time.monotonic() < delay:
-                    raise map_error(exc) from exc
-            else:
-                header = getattr(reply, "header", None)
-                if header is not None and header.member_id:
-                    self.member_id = int(header.member_id)
-                return reply
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+        started = time.monotonic()
+
+        async def attempt() -> Any:
+            remaining = budget - (time.monotonic() - started)
+            call = method(request, timeout=max(remaining, 0.001), wait_for_ready=True)
+            return await self._unary(call, idempotent)
+
+        try:
+            reply = await self.retry.call(
+                attempt,
+                retry_on=lambda exc: _retryable(exc, idempotent),
+                deadline=budget,
+                what=f"etcd {type(request).__name__.removesuffix('Request')}",
+                logger=log,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise map_error(exc) from exc
+        self.heard_from(reply)
+        return reply
+
+    def heard_from(self, reply: Any) -> None:
+        """Note the member that sent ``reply`` (its header's member id)."""
+        header = getattr(reply, "header", None)
+        if header is not None and header.member_id:
+            self.member_id = int(header.member_id)
+
+    def describe(self, member_id: int | None = None) -> str:
+        """The endpoints as the URL gave them, and the member (default: the
+        member last heard from)."""
+        member = self.member_id if member_id is None else member_id
+        endpoints = self.target.removeprefix("ipv4:").removeprefix("ipv6:")
+        return f"{endpoints} (member {member:x})" if member else endpoints
 
     async def _unary(self, call: Any, idempotent: bool) -> Any:
         task = asyncio.ensure_future(_await(call))
@@ -337,8 +374,8 @@ class EtcdChannel:
             # as for ConnectionLostError.
             if not task.done():
                 if self.channel.get_state() is grpc.ChannelConnectivity.READY:
-                    with anyio.CancelScope(shield=True), suppress(Exception):
-                        await wait_task(task, call)
+                    with anyio.CancelScope(shield=True):
+                        await _outcome_of(task, call)
                 _abandon(call, task)
             raise
 
@@ -353,6 +390,16 @@ class EtcdChannel:
         # to the loop they started on; if that loop closes first, grpc reports
         # "Event loop is closed" on whichever loop runs next. Let them land.
         await anyio.sleep(0.05)
+
+
+async def _outcome_of(task: asyncio.Future[Any], call: Any) -> None:
+    """Wait for a write's answer that nobody will read (its caller was cancelled)."""
+    try:
+        await wait_task(task, call)
+    except (grpc.aio.AioRpcError, CoordkitError) as exc:
+        log.debug("a cancelled etcd write ended with %s", describe_error(exc))
+    except Exception:
+        log.exception("unexpected error while waiting for a cancelled etcd write")
 
 
 def ttl_seconds(ttl: float) -> int:

@@ -32,6 +32,7 @@ from coordkit.errors import (
 )
 from coordkit.model import Node
 from coordkit.paths import SEQUENCE_DIGITS, parent
+from coordkit.retry import Conflict
 from coordkit.txn import (
     Compare,
     CompareOp,
@@ -196,51 +197,17 @@ def _apply(
     op: CreateOp | SetOp | DeleteOp,
     lease: int,
 ) -> CoordkitError | None:
-    path = op.path
+    """Play ``op`` on ``model``, adding its writes to ``plan``; its error, if any."""
     if isinstance(op, CreateOp):
-        up = parent(path)
-        if not model.exists.get(up, False):
-            return NoNodeError(f"parent of {path!r} does not exist")
-        if model.lease.get(up, 0):
-            return NoChildrenForEphemeralsError(f"{up!r} is ephemeral")
-        if op.sequential:
-            number = model.counter[up]
-            model.counter[up] = number + 1
-            path = f"{path}{number:0{SEQUENCE_DIGITS}d}"
-            if path not in seen.kv:
-                plan.unknown.add(path)
-                return None
-        if model.exists.get(path, False):
-            return NodeExistsError(path)
-        owner = lease if op.ephemeral else 0
-        model.exists[path], model.lease[path], model.version[path] = True, owner, 1
-        model.count[path] = 0
-        model.count[up] = model.count.get(up, 0) + 1
-        model.created.add(path)
-        plan.put(layout.data(path), op.value, owner)
-        plan.put(layout.index(path), b"", owner)
-        plan.results.append(("created", (path, op.value, owner)))
-        return None
+        return _apply_create(layout, seen, model, plan, op, lease)
+    path = op.path
     if not model.exists.get(path, False):
         return NoNodeError(path)
     expected = None if op.version is None else (op.version if path == "/" else op.version + 1)
     if expected is not None and model.version[path] != expected:
         return BadVersionError(f"{path}: version is not {op.version}")
     if isinstance(op, DeleteOp):
-        if model.count.get(path, 0):
-            return NotEmptyError(path)
-        if path not in model.created:
-            kids = layout.children(path)
-            plan.pins.append(
-                ops.compare(kids, ops.CREATE, ops.LESS, seen.revision + 1, prefix_end(kids))
-            )
-        model.exists[path] = False
-        model.count[parent(path)] -= 1
-        plan.delete(layout.data(path))
-        plan.delete(layout.index(path))
-        plan.delete(layout.sequence(path))
-        plan.results.append(("none", None))
-        return None
+        return _apply_delete(layout, seen, model, plan, path)
     model.version[path] += 1
     kids = layout.children(path)
     plan.put(layout.data(path), op.value, None if path != "/" else 0)
@@ -249,6 +216,53 @@ def _apply(
     plan.results.append(("get", (path, -1 - len(plan.finals))))
     plan.finals.append(ops.range_op(layout.data(path)))
     plan.finals.append(ops.range_op(kids, prefix_end(kids), count_only=True))
+    return None
+
+
+def _apply_create(
+    layout: KeyLayout, seen: _Seen, model: _Model, plan: _Plan, op: CreateOp, lease: int
+) -> CoordkitError | None:
+    path, up = op.path, parent(op.path)
+    if not model.exists.get(up, False):
+        return NoNodeError(f"parent of {path!r} does not exist")
+    if model.lease.get(up, 0):
+        return NoChildrenForEphemeralsError(f"{up!r} is ephemeral")
+    if op.sequential:
+        number = model.counter[up]
+        model.counter[up] = number + 1
+        path = f"{path}{number:0{SEQUENCE_DIGITS}d}"
+        if path not in seen.kv:
+            plan.unknown.add(path)
+            return None
+    if model.exists.get(path, False):
+        return NodeExistsError(path)
+    owner = lease if op.ephemeral else 0
+    model.exists[path], model.lease[path], model.version[path] = True, owner, 1
+    model.count[path] = 0
+    model.count[up] = model.count.get(up, 0) + 1
+    model.created.add(path)
+    plan.put(layout.data(path), op.value, owner)
+    plan.put(layout.index(path), b"", owner)
+    plan.results.append(("created", (path, op.value, owner)))
+    return None
+
+
+def _apply_delete(
+    layout: KeyLayout, seen: _Seen, model: _Model, plan: _Plan, path: str
+) -> CoordkitError | None:
+    if model.count.get(path, 0):
+        return NotEmptyError(path)
+    if path not in model.created:
+        kids = layout.children(path)
+        plan.pins.append(
+            ops.compare(kids, ops.CREATE, ops.LESS, seen.revision + 1, prefix_end(kids))
+        )
+    model.exists[path] = False
+    model.count[parent(path)] -= 1
+    plan.delete(layout.data(path))
+    plan.delete(layout.index(path))
+    plan.delete(layout.sequence(path))
+    plan.results.append(("none", None))
     return None
 
 
@@ -304,15 +318,26 @@ def _results(plan: _Plan, revision: int, responses: Any) -> tuple[Node | None, .
     return tuple(out)
 
 
-async def run_txn(
-    backend: EtcdAccess, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op]
-) -> TxnResult:
+@dataclass
+class _Planned:
+    """Both branches played on the state read at one revision."""
+
+    seen: _Seen
+    plans: list[_Plan]
+    reads: list[Any]
+    paths: list[str]
+    counters: list[str]
+    lease: int
+
+
+async def _plan(backend: EtcdAccess, success: Sequence[Op], failure: Sequence[Op]) -> _Planned:
+    """Read what the ops touch and play both branches on it; read again, wider,
+    until no op touches a path that was not read (a sequential create's name)."""
     layout = backend.layout
     paths_set, counters_set = _touched((success, failure))
-    natives = [c for cmp in compares for c in _native(layout, cmp)]
-    ephemeral = (*success, *failure)
+    ephemeral = any(isinstance(o, CreateOp) and o.ephemeral for o in (*success, *failure))
     while True:
-        lease = backend.lease_for(any(isinstance(o, CreateOp) and o.ephemeral for o in ephemeral))
+        lease = backend.lease_for(ephemeral)
         paths, counters = sorted(paths_set), sorted(counters_set)
         reads = _reads(layout, paths, counters)
         seen = _Seen(0)
@@ -321,33 +346,53 @@ async def run_txn(
             seen = _seen(int(reply.header.revision), reply.responses, paths, counters)
         plans = [_play(layout, seen, branch, lease) for branch in (success, failure)]
         unknown = plans[0].unknown | plans[1].unknown
-        if unknown - paths_set:
-            paths_set |= unknown
-            continue
-        pins = [
-            ops.compare(layout.data(p), ops.MOD, ops.EQUAL, kv.mod_revision if kv else 0)
-            for p, kv in seen.kv.items()
-        ]
-        pins += [
-            ops.compare(layout.sequence(p), ops.VERSION, ops.EQUAL, version)
-            for p, (version, _) in seen.counter.items()
-        ]
-        for plan in plans:
-            pins += plan.pins
-        branches = [reads if plan.error else plan.requests()[0] for plan in plans]
-        inner = ops.txn_op(natives, branches[0], branches[1])
-        reply = await backend.kv_txn(ops.txn_request(pins, [inner], []))
-        if not reply.succeeded:
-            continue
-        nested = reply.responses[0].response_txn
-        chosen = plans[0] if nested.succeeded else plans[1]
-        revision = int(reply.header.revision)
-        if chosen.error is None:
-            return TxnResult(
-                nested.succeeded, revision, _results(chosen, revision, nested.responses)
-            )
-        # Confirm the error at the commit revision (the branch only read).
-        now = _seen(revision, nested.responses, paths, counters)
-        error = _play(layout, now, success if nested.succeeded else failure, lease).error
-        if error is not None:
-            raise error
+        if not unknown - paths_set:
+            return _Planned(seen, plans, reads, paths, counters, lease)
+        paths_set |= unknown
+
+
+def _pins(layout: KeyLayout, planned: _Planned) -> list[Any]:
+    """Compares that hold only while what the plans relied on is unchanged."""
+    pins = [
+        ops.compare(layout.data(p), ops.MOD, ops.EQUAL, kv.mod_revision if kv else 0)
+        for p, kv in planned.seen.kv.items()
+    ]
+    pins += [
+        ops.compare(layout.sequence(p), ops.VERSION, ops.EQUAL, version)
+        for p, (version, _) in planned.seen.counter.items()
+    ]
+    for plan in planned.plans:
+        pins += plan.pins
+    return pins
+
+
+async def run_txn(
+    backend: EtcdAccess, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op]
+) -> TxnResult:
+    """One attempt of the transaction (see the module docstring).
+
+    Raises :class:`~coordkit.retry.Conflict` if a concurrent change beat it
+    (nothing was applied; the caller retries), the chosen branch's error if
+    it holds at the commit revision, or returns the result.
+    """
+    layout = backend.layout
+    natives = [c for cmp in compares for c in _native(layout, cmp)]
+    planned = await _plan(backend, success, failure)
+    plans = planned.plans
+    branches = [planned.reads if plan.error else plan.requests()[0] for plan in plans]
+    inner = ops.txn_op(natives, branches[0], branches[1])
+    reply = await backend.kv_txn(ops.txn_request(_pins(layout, planned), [inner], []))
+    if not reply.succeeded:
+        raise Conflict("a node the transaction relies on changed meanwhile")
+    nested = reply.responses[0].response_txn
+    chosen = plans[0] if nested.succeeded else plans[1]
+    revision = int(reply.header.revision)
+    if chosen.error is None:
+        return TxnResult(nested.succeeded, revision, _results(chosen, revision, nested.responses))
+    # Confirm the error at the commit revision (the branch only read).
+    now = _seen(revision, nested.responses, planned.paths, planned.counters)
+    branch = success if nested.succeeded else failure
+    error = _play(layout, now, branch, planned.lease).error
+    if error is not None:
+        raise error
+    raise Conflict("the branch's error no longer held at the commit revision")

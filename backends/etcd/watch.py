@@ -8,7 +8,7 @@ revision's events in one response, so resuming between responses is exact.
 
 from __future__ import annotations
 
-import time
+import logging
 from collections import deque
 from typing import Any
 
@@ -18,6 +18,7 @@ from aetcd import rpc
 
 from coordkit.errors import CompactedError, ConnectionLostError, CoordkitError
 from coordkit.model import Event, EventType
+from coordkit.retry import describe_error
 
 from . import ops
 from .access import EtcdAccess
@@ -25,6 +26,8 @@ from .keys import prefix_end
 from .rpc import Stream, WatchCompacted, map_error
 
 __all__ = ["EtcdWatch"]
+
+log = logging.getLogger(__name__)
 
 _PUT, _DELETE = 0, 1
 # Resumable: the member went away or lost its leader, or our own cancellation
@@ -74,20 +77,20 @@ class EtcdWatch:
             if self._reply is None:
                 stream = self._stream
                 if stream is None or stream.done():
-                    await self._resume()
+                    await self._resume("the stream had ended")
                     continue
                 try:
                     reply = await stream.read(keep_on_cancel=True)
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() not in _RESUMABLE:
                         raise map_error(exc) from exc
-                    await self._resume()
+                    await self._resume(describe_error(map_error(exc)))
                     continue
-                except ConnectionLostError:
-                    await self._resume()
+                except ConnectionLostError as exc:
+                    await self._resume(describe_error(exc))
                     continue
                 if reply is grpc.aio.EOF:
-                    await self._resume()
+                    await self._resume("etcd ended the stream")
                     continue
                 self._reply, self._built = reply, []
             await self._take()
@@ -167,20 +170,21 @@ class EtcdWatch:
             self._next = int(reply.header.revision) + 1
         self._stream = stream
 
-    async def _resume(self) -> None:
-        """Reopen the stream at ``_next``, retrying until the operation timeout."""
+    async def _resume(self, cause: str) -> None:
+        """Reopen the stream at ``_next``, retrying (per the retry policy) until
+        the operation timeout; ``cause``: why the stream broke, for the log."""
         stream, self._stream = self._stream, None
         if stream is not None:
             with anyio.CancelScope(shield=True):
                 await stream.close()
-        deadline = time.monotonic() + self._backend.options.timeout
-        delay = 0.05
-        while True:
-            try:
-                await self._open(self._next)
-                return
-            except ConnectionLostError:
-                if time.monotonic() + delay > deadline:
-                    raise
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+        what = f"etcd watch on {self._path}"
+        log.debug("%s broke (%s); resuming from revision %d", what, cause, self._next)
+        options = self._backend.options
+        await options.retry.call(
+            lambda: self._open(self._next),
+            retry_on=ConnectionLostError,
+            deadline=options.timeout,
+            what=f"resume the {what}",
+            logger=log,
+        )
+        log.info("%s resumed from revision %d (it broke: %s)", what, self._next, cause)

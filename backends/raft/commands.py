@@ -11,7 +11,6 @@ import argparse
 import logging
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +89,6 @@ def _serve(args: argparse.Namespace) -> int:
         tls_ca=args.tls_ca,
         allow_faults=args.allow_faults,
     )
-    _log_to_stderr()
 
     async def main() -> None:
         node = RaftNode(config)
@@ -110,15 +108,6 @@ async def _stop_on_signal(scope: anyio.CancelScope) -> None:
             return
 
 
-def _log_to_stderr() -> None:
-    root = logging.getLogger("coordkit")
-    if not root.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
-
-
 # -- cluster up ---------------------------------------------------------------------------
 
 
@@ -136,7 +125,6 @@ def _cluster(args: argparse.Namespace) -> int:
 
     if not 1 <= args.nodes <= 9:
         raise ConfigurationError(f"-n must be from 1 to 9, not {args.nodes}")
-    _log_to_stderr()
     return run_local_cluster(
         nodes=args.nodes, data_dir=args.data_dir, base_port=args.base_port, host=args.host
     )
@@ -180,8 +168,14 @@ def _run_admin(func: Any, url: str | None, *args: Any) -> int:
 
 
 COMMANDS = [
-    CliCommand("serve", "run one node of a Raft cluster", _configure_serve, _serve),
-    CliCommand("cluster", "start and supervise a local Raft cluster", _configure_cluster, _cluster),
+    CliCommand("serve", "run one node of a Raft cluster", _configure_serve, _serve, logging.INFO),
+    CliCommand(
+        "cluster",
+        "start and supervise a local Raft cluster",
+        _configure_cluster,
+        _cluster,
+        logging.INFO,
+    ),
     CliCommand("member", "add or remove a member of a Raft cluster", _configure_member, _member),
     CliCommand("snapshot", "save a snapshot of a Raft cluster", _configure_snapshot, _snapshot),
 ]

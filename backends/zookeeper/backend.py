@@ -16,6 +16,8 @@ across a reconnection; a write interrupted by one raises
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
+import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -39,23 +41,28 @@ from coordkit.errors import (
 )
 from coordkit.model import Capability, Event, Node, Status
 from coordkit.paths import join
+from coordkit.retry import Conflict
 from coordkit.txn import Compare, Op, TxnResult
 
-from .bridge import LoopBridge, instrument_connection, map_error, multi_failures
-from .paths import EscapingClient, decode_path
-from .txn import run_txn
-from .watch import (
-    WatchRegistry,
-    WatchStream,
-    ancestors,
-    node_from_stat,
-    session_expired_error,
+from .bridge import (
+    KazooLog,
+    LoopBridge,
+    instrument_connection,
+    map_error,
+    missing_kazoo_internals,
+    multi_failures,
 )
+from .paths import EscapingClient, decode_path
+from .registry import WatchRegistry, session_expired_error
+from .txn import run_txn
+from .watch import WatchStream, ancestors, node_from_stat
 
 __all__ = ["DEFAULT_PORT", "ZooKeeperBackend"]
 
 DEFAULT_PORT = 2181
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 class ZooKeeperBackend(Backend):
@@ -74,6 +81,7 @@ class ZooKeeperBackend(Backend):
         self._options = options
         self._bridge = LoopBridge()
         self._kazoo: Any = None
+        self._kazoo_log = KazooLog(",".join(self._hosts))
         self._session: Session | None = None
         self._watches: WatchRegistry | None = None
         self._zxid_at_suspend = 0
@@ -95,13 +103,29 @@ class ZooKeeperBackend(Backend):
             raise
 
     async def _connect(self) -> None:
-        retry = {"max_tries": -1, "delay": 0.05, "backoff": 1.5, "max_delay": 1.0}
+        policy = self._options.retry
         client = KazooClient(
             hosts=",".join(self._hosts),
             timeout=self._options.session_ttl,
-            connection_retry=KazooRetry(**retry),
+            # kazoo reconnects on its own thread, waiting as the retry policy
+            # says (jittered, from its initial to its maximum delay); it never
+            # gives up while the backend is open.
+            connection_retry=KazooRetry(
+                max_tries=-1,
+                delay=policy.initial_delay,
+                backoff=2,
+                max_jitter=1.0,
+                max_delay=policy.max_delay,
+            ),
             command_retry=None,
+            logger=self._kazoo_log,
         )
+        missing = missing_kazoo_internals(client)
+        if missing:
+            raise ConfigurationError(
+                f"kazoo {importlib.metadata.version('kazoo')} lacks what the ZooKeeper backend "
+                f"relies on: {', '.join(missing)}; install a kazoo 2.x: pip install 'kazoo<3'"
+            )
         self._kazoo = EscapingClient(client)
         self._watches = WatchRegistry(client, self._bridge)
         instrument_connection(client, self._watches.on_notification)
@@ -201,9 +225,13 @@ class ZooKeeperBackend(Backend):
             if self._session is not None and session_id == self._session.id:
                 assert self._watches is not None
                 self._watches.rearm(self._zxid_at_suspend)
-        self._bridge.call_soon(self._apply_state, state, client._session_id)
+        # What kazoo just logged (see KazooLog), as of this change.
+        endpoint, cause = self._kazoo_log.endpoint, self._kazoo_log.cause
+        self._bridge.call_soon(self._apply_state, state, client._session_id, endpoint, cause)
 
-    def _apply_state(self, state: str, session_id: int | None) -> None:
+    def _apply_state(self, state: str, session_id: int | None, endpoint: str, cause: str) -> None:
+        """The loop's side of a state change: the session's state, the events
+        the backend waits on, and one log line per change."""
         session = self._session
         if session is None or self._closed:
             return
@@ -212,18 +240,44 @@ class ZooKeeperBackend(Backend):
         elif state == KazooState.CONNECTED:
             self._connected.set()
         if state == KazooState.SUSPENDED:
-            session.mark_suspended()
+            if session.mark_suspended():
+                log.warning(
+                    "ZooKeeper connection to %s lost (%s); reconnecting, session %#x suspended",
+                    endpoint,
+                    cause,
+                    session.id,
+                )
         elif state == KazooState.LOST:
-            session.mark_lost()
+            self._lose(session, cause)
             if self._session_ready.is_set():
                 self._session_ready = anyio.Event()
         elif state == KazooState.CONNECTED and session_id is not None:
             if session_id == session.id and not session.lost:
-                session.mark_connected()
+                if session.mark_connected():
+                    log.info(
+                        "ZooKeeper connection to %s restored; session %#x kept",
+                        endpoint,
+                        session.id,
+                    )
             elif session_id != session.id:
-                session.mark_lost()
-                self._session = Session(session_id, self._options.session_ttl)
+                self._lose(session, cause)
+                new = Session(session_id, self._options.session_ttl)
+                self._session = new
+                session.hand_over(new)
                 self._session_ready.set()
+                log.info(
+                    "ZooKeeper session %#x opened at %s, replacing lost session %#x",
+                    new.id,
+                    endpoint,
+                    session.id,
+                )
+
+    @staticmethod
+    def _lose(session: Session, cause: str) -> None:
+        if session.mark_lost():
+            log.warning(
+                "ZooKeeper session %#x lost (%s): its ephemeral nodes are gone", session.id, cause
+            )
 
     # -- calling kazoo -------------------------------------------------------
 
@@ -259,21 +313,35 @@ class ZooKeeperBackend(Backend):
             raise map_error(exc) from exc
 
     async def _retrying(self, read: Callable[[], Awaitable[T]]) -> T:
-        """Run an idempotent read, retrying across connection loss until the timeout."""
+        """Run an idempotent read, retrying across connection loss until the timeout.
+
+        Each attempt first waits for kazoo to be connected; between attempts
+        (kazoo may fail a request before telling us it is reconnecting) the
+        retry policy's waits.
+        """
         await self._live()
-        with anyio.fail_after(self._options.timeout):
-            while True:
-                try:
-                    return await read()
-                except ConnectionLostError:
-                    if self._closed:
-                        raise
-                    if self._connected.is_set():
-                        # Kazoo failed the request before telling us it is
-                        # reconnecting (its state change is on its way).
-                        await anyio.sleep(0.05)
-                    else:
-                        await self._connected.wait()  # kazoo is reconnecting
+
+        async def attempt() -> T:
+            await self._connected.wait()  # while kazoo reconnects
+            return await read()
+
+        timeout = self._options.timeout
+        with anyio.move_on_after(timeout):
+            return await self._options.retry.call(
+                attempt,
+                retry_on=lambda exc: isinstance(exc, ConnectionLostError) and not self._closed,
+                deadline=timeout,
+                what="ZooKeeper read",
+                logger=log,
+            )
+        raise OperationTimeoutError(f"ZooKeeper was not reachable within {timeout} s")
+
+    async def _on_conflict(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
+        """Run a compare-and-set ``attempt`` until no concurrent change beats it
+        (the retry policy's waits, within the operation timeout)."""
+        return await self._options.retry.on_conflict(
+            attempt, deadline=self._options.timeout, what=what, logger=log
+        )
 
     async def _sync(self) -> None:
         await self._call(self._kazoo.sync_async("/"))
@@ -285,7 +353,8 @@ class ZooKeeperBackend(Backend):
     ) -> Node:
         await self._live()
         owner = self.session.id if ephemeral else None
-        while True:
+
+        async def attempt() -> Node:
             missing = await self._missing_ancestors(path) if make_parents else []
             if not missing:
                 created, stat = await self._call(
@@ -309,7 +378,9 @@ class ZooKeeperBackend(Backend):
                 # The node's own error, or an ancestor's that no retry changes (an
                 # ephemeral ancestor: NoChildrenForEphemerals). The multi changed nothing.
                 raise map_error(error)
-            # An ancestor appeared or vanished meanwhile: look again.
+            raise Conflict("an ancestor appeared or vanished meanwhile")
+
+        return await self._on_conflict(attempt, f"ZooKeeper create {path}")
 
     async def _missing_ancestors(self, path: str) -> list[str]:
         """The missing ancestors of ``path``, outermost first."""
@@ -353,7 +424,8 @@ class ZooKeeperBackend(Backend):
         if not recursive:
             await self._call(self._kazoo.delete_async(path, expected))
             return
-        while True:
+
+        async def attempt() -> None:
             subtree = await self._subtree(path)
             if subtree is None:
                 raise NoNodeError(f"no node {path!r}")
@@ -368,7 +440,9 @@ class ZooKeeperBackend(Backend):
             index, error = errors[0]
             if index == len(subtree) - 1 and not isinstance(error, kx.NotEmptyError):
                 raise map_error(error)
-            # The subtree changed under us: read it again.
+            raise Conflict("the subtree changed meanwhile")
+
+        await self._on_conflict(attempt, f"ZooKeeper recursive delete {path}")
 
     async def _subtree(self, path: str) -> list[str] | None:
         """``path`` and its descendants, parents before children; None if missing."""

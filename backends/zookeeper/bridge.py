@@ -4,7 +4,7 @@ kazoo runs its connection on a thread and completes requests on a worker
 thread; coordkit runs on an event loop. :class:`LoopBridge` carries kazoo's
 completions and notifications into the loop without blocking kazoo's threads,
 in the order they happened. :func:`map_error` is the one place kazoo's errors
-become coordkit's.
+become coordkit's. :class:`KazooLog` is the logger kazoo writes to.
 
 kazoo 2.10/2.11 (the released versions) lack ZooKeeper 3.6's persistent
 watches and do not expose the zxid of a reply. :func:`instrument_connection`
@@ -12,13 +12,17 @@ adds both by wrapping two methods of kazoo's connection handler: every
 notification is handed to a callback on the connection thread (so it is
 seen in order, before any later reply), and every reply's header zxid is
 stored on its ``AsyncResult`` as ``zxid``. This relies on kazoo internals
-that have been stable since kazoo 2.0.
+that have been stable since kazoo 2.0: pyproject pins kazoo below 3, and
+:func:`missing_kazoo_internals` (checked when the backend connects, and by
+the tests) names any that a kazoo release no longer has.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import inspect
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -46,10 +50,12 @@ from .paths import decode_path
 
 __all__ = [
     "AddWatch",
+    "KazooLog",
     "LoopBridge",
     "RemoveWatches",
     "instrument_connection",
     "map_error",
+    "missing_kazoo_internals",
     "multi_failures",
 ]
 
@@ -99,6 +105,50 @@ class RemoveWatches:
     @classmethod
     def deserialize(cls, data: bytes, offset: int) -> bool:
         return True
+
+
+#: What kazoo logs when a connection or session ends: the cause the backend reports.
+_ENDINGS = (
+    "Connection dropped",
+    "Connection time-out",
+    "Session has expired",
+    "AUTH_FAILED",
+    "Found a RW server",
+)
+
+
+class KazooLog(logging.LoggerAdapter[logging.Logger]):
+    """The logger a kazoo client writes to: ``coordkit.backends.zookeeper.kazoo``.
+
+    kazoo logs every connection attempt and state change itself, at INFO and
+    WARNING, several lines per change (and one per failed reconnection). The
+    backend logs each change once, clearly, on its own logger; so kazoo's
+    lines are passed on at DEBUG (its ERROR and worse keep their level, with
+    their tracebacks), and what they tell the backend's lines is kept:
+    :attr:`endpoint` (the server kazoo last connected to) and :attr:`cause`
+    (why the last connection ended). Written on kazoo's connection thread.
+    """
+
+    def __init__(self, hosts: str) -> None:
+        super().__init__(logging.getLogger("coordkit.backends.zookeeper.kazoo"), {})
+        self.endpoint = hosts
+        self.cause = "the connection dropped"
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        text = str(msg)
+        if text.startswith("Connecting to ") and len(args) >= 3:
+            self.endpoint = f"{args[0]}:{args[2]}"
+        elif text.startswith(_ENDINGS):
+            try:
+                self.cause = text % args if args else text
+            except (TypeError, ValueError):
+                self.cause = text
+        if logging.DEBUG < level < logging.ERROR:
+            level = logging.DEBUG
+        super().log(level, msg, *args, **kwargs)
+
+    def warn(self, msg: object, *args: Any, **kwargs: Any) -> None:  # kazoo still calls it
+        self.log(logging.WARNING, msg, *args, **kwargs)
 
 
 def multi_failures(replies: list[Any]) -> list[tuple[int, BaseException]]:
@@ -210,6 +260,43 @@ class LoopBridge:
             finally:
                 result.unlink(on_done)
         return result.get_nowait()
+
+
+#: The kazoo internals the backend uses (the methods it wraps, with their parameters).
+_CLIENT_INTERNALS = (
+    "_call",  # sending AddWatch / RemoveWatches (registry)
+    "_connection",
+    "_pending",  # the reply being read (instrument_connection)
+    "_session_id",
+    "_stopped",
+    "chroot",
+    "client_id",
+    "handler",
+    "last_zxid",
+    "unchroot",
+)
+_CONNECTION_INTERNALS: dict[str, tuple[str, ...] | None] = {
+    "_read_watch_event": ("buffer", "offset"),  # wrapped by instrument_connection
+    "_read_response": ("header", "buffer", "offset"),  # wrapped by instrument_connection
+    "_socket": None,  # shut down by abort, asked its peer by expire_session
+    "connection_stopped": None,  # awaited by abort
+}
+
+
+def missing_kazoo_internals(client: Any) -> list[str]:
+    """The kazoo internals the backend relies on that ``client`` lacks, or has
+    with other parameters (empty with the kazoo versions pyproject allows)."""
+    missing = [f"KazooClient.{name}" for name in _CLIENT_INTERNALS if not hasattr(client, name)]
+    connection = getattr(client, "_connection", None)
+    for name, parameters in _CONNECTION_INTERNALS.items():
+        where = f"ConnectionHandler.{name}"
+        if not hasattr(connection, name):
+            missing.append(where)
+        elif parameters is not None:
+            found = tuple(inspect.signature(getattr(connection, name)).parameters)
+            if found != parameters:
+                missing.append(f"{where}({', '.join(parameters)}) (found ({', '.join(found)}))")
+    return missing
 
 
 def instrument_connection(client: Any, on_notification: Callable[[int, str, int], None]) -> None:

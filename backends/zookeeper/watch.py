@@ -51,32 +51,32 @@ instead of silently missing it. After a session expiry the stream raises
 from __future__ import annotations
 
 import collections
-import contextlib
+import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
 from kazoo import exceptions as kx
 
-from coordkit.errors import ConnectionLostError, CoordkitError, SessionExpiredError
+from coordkit.errors import ConnectionLostError, CoordkitError
 from coordkit.model import Event, EventType, Node
 from coordkit.paths import is_ancestor, join, parent
 
-from .bridge import (
-    PERSISTENT,
-    PERSISTENT_RECURSIVE,
-    WATCHER_PERSISTENT,
-    WATCHER_PERSISTENT_RECURSIVE,
-    AddWatch,
-    LoopBridge,
-    RemoveWatches,
-    map_error,
-)
-from .paths import decode_path, encode_path
+from .bridge import LoopBridge, map_error
+from .paths import decode_path
 
-__all__ = ["WatchRegistry", "WatchStream", "node_from_stat"]
+__all__ = [
+    "CHANGED_EVENT",
+    "CREATED_EVENT",
+    "DELETED_EVENT",
+    "WatchStream",
+    "ancestors",
+    "node_from_stat",
+]
+
+log = logging.getLogger(__name__)
 
 CREATED_EVENT, DELETED_EVENT, CHANGED_EVENT = 1, 2, 3
 _RESYNC = -1
@@ -340,11 +340,9 @@ class WatchStream:
         node = node_from_stat(path, value, stat)
         if children != node.num_children:
             node = replace(node, num_children=max(children, 0))
-        self._delivered[path] = node
-        self._delivered_revision[path] = revision
-        self._present[path] = node.create_revision
-        kind = EventType.CREATED if created else EventType.UPDATED
-        return Event(kind, path, node, revision), 0
+        event = Event(EventType.CREATED if created else EventType.UPDATED, path, node, revision)
+        self._remember(event)
+        return event, 0
 
     async def _build_deleted(self, record: _Record) -> tuple[Event | None, int]:
         # Await every read before changing any state, so a cancelled __anext__
@@ -387,6 +385,27 @@ class WatchStream:
         the revision the watch was re-added at (no later than any change after
         it, no earlier than the delete itself).
         """
+        readded = await self._readded_at(record)
+        current, pzxids, notified = await self._read_watched()
+        with self._lock:
+            later = {r.path for r in self._records if r.kind != _RESYNC and r.seq <= notified}
+        caught_up = self._differences(current, later, readded)
+        if self.recursive:
+            self._check_explained(caught_up, pzxids, later, record.since_zxid)
+        self._release_held(caught_up[0] if caught_up else None)
+        for event in caught_up:
+            self._remember(event)
+            self._emit(event)
+        log.info(
+            "ZooKeeper watch on %s resumed at revision %d after a reconnection "
+            "(%d change(s) while away)",
+            self.root,
+            readded,
+            len(caught_up),
+        )
+
+    async def _readded_at(self, record: _Record) -> int:
+        """The revision at which the watch was added again (its reply's zxid)."""
         try:
             await self._bridge.wait(record.node_read)
         except (kx.ConnectionLoss, kx.ConnectionDropped) as exc:
@@ -396,6 +415,11 @@ class WatchStream:
                 f"could not watch {self.root!r} again after a reconnection: {exc}"
             ) from exc
         readded: int = getattr(record.node_read, "zxid", 0) or self.last_revision
+        return readded
+
+    async def _read_watched(self) -> tuple[dict[str, Node], dict[str, int], int]:
+        """The watched nodes now (read level by level), their ``pzxid``s, and
+        the last notification any of the reads may already include."""
         current: dict[str, Node] = {}
         pzxids: dict[str, int] = {}
         notified = 0
@@ -420,143 +444,61 @@ class WatchStream:
                     names = await self._read(listing)
                     notified = max(notified, getattr(listing, "notified", 0))
                     level.extend(join(p, decode_path(n)) for n in names or ())
-        with self._lock:
-            later = {r.path for r in self._records if r.kind != _RESYNC and r.seq <= notified}
+        return current, pzxids, notified
+
+    def _differences(self, current: dict[str, Node], later: set[str], readded: int) -> list[Event]:
+        """Events from what the consumer was told to ``current`` (paths in
+        ``later`` are left to their queued notifications): creates and
+        updates in revision order, then deletes at ``readded``."""
         changes: list[Event] = []
-        deletes: list[Event] = []
         for path, node in current.items():
             if path in later:
                 continue  # a queued notification delivers it
             known = self._present.get(path)
             if known is not None and known != node.create_revision:
-                deletes_first = Event(
-                    EventType.DELETED, path, self._delivered.get(path), node.create_revision
+                # deleted and created again while away
+                changes.append(
+                    Event(EventType.DELETED, path, self._delivered.get(path), node.create_revision)
                 )
-                changes.append(deletes_first)
                 known = None
             if known is None:
                 changes.append(Event(EventType.CREATED, path, node, node.mod_revision))
             elif node.mod_revision > self._delivered_revision.get(path, 0):
                 changes.append(Event(EventType.UPDATED, path, node, node.mod_revision))
-        for path in list(self._present):
-            if path not in current and path not in later:
-                deletes.append(Event(EventType.DELETED, path, self._delivered.get(path), readded))
         changes.sort(key=lambda e: e.revision)  # stable: a delete stays before its re-create
-        if self.recursive:
-            # A child that existed when the watch began was never delivered, so its
-            # delete while away shows only as a newer pzxid of its parent.
-            explained = {parent(e.path) for e in changes + deletes}
-            for path, pzxid in pzxids.items():
-                if path not in explained and path not in later and pzxid > record.since_zxid:
-                    raise ConnectionLostError(
-                        f"the connection to ZooKeeper was lost and the children of {path!r} "
-                        "changed meanwhile; events may be missing: read the current state "
-                        "and watch again"
-                    )
-        caught_up = changes + deletes
-        self._release_held(caught_up[0] if caught_up else None)
-        for event in caught_up:
-            if event.type is EventType.DELETED:
-                self._delivered.pop(event.path, None)
-                self._delivered_revision.pop(event.path, None)
-                self._present.pop(event.path, None)
-                self._pending_create.discard(event.path)
-            else:
-                assert event.node is not None
-                self._delivered[event.path] = event.node
-                self._delivered_revision[event.path] = event.revision
-                self._present[event.path] = event.node.create_revision
-            self._emit(event)
+        deletes = [
+            Event(EventType.DELETED, path, self._delivered.get(path), readded)
+            for path in self._present
+            if path not in current and path not in later
+        ]
+        return changes + deletes
 
+    @staticmethod
+    def _check_explained(
+        caught_up: list[Event], pzxids: dict[str, int], later: set[str], since_zxid: int
+    ) -> None:
+        """Raise if a node's children changed while away in a way no event
+        explains: a child that existed when the watch began was never
+        delivered, so its delete shows only as a newer ``pzxid`` of its parent."""
+        explained = {parent(e.path) for e in caught_up}
+        for path, pzxid in pzxids.items():
+            if path not in explained and path not in later and pzxid > since_zxid:
+                raise ConnectionLostError(
+                    f"the connection to ZooKeeper was lost and the children of {path!r} "
+                    "changed meanwhile; events may be missing: read the current state "
+                    "and watch again"
+                )
 
-class WatchRegistry:
-    """The persistent watches of one kazoo client, shared by every stream on it.
-
-    The server keeps one persistent watch per (path, mode) and connection, so
-    streams on the same key share it and it is removed with the last one.
-    """
-
-    def __init__(self, client: Any, bridge: LoopBridge) -> None:
-        self._client = client
-        self._bridge = bridge
-        self._lock = threading.Lock()
-        self._streams: dict[tuple[str, bool], list[WatchStream]] = {}
-
-    def on_notification(self, kind: int, path: str, seq: int) -> None:
-        """Kazoo's connection thread: hand the notification to every stream covering it."""
-        if kind not in (CREATED_EVENT, DELETED_EVENT, CHANGED_EVENT):
-            return
-        with self._lock:
-            streams = [s for group in self._streams.values() for s in group if s.covers(path)]
-        for stream in streams:
-            stream.notify(kind, path, seq)
-
-    def _add_request(self, key: tuple[str, bool]) -> Any:
-        result = self._client.handler.async_result()
-        mode = PERSISTENT_RECURSIVE if key[1] else PERSISTENT
-        self._client._call(AddWatch(self._chrooted(key[0]), mode), result)
-        return result
-
-    def _chrooted(self, path: str) -> str:
-        chroot = self._client.chroot or ""
-        path = encode_path(path)
-        if not chroot:
-            return path
-        return chroot if path == "/" else chroot + path
-
-    async def add(self, stream: WatchStream) -> None:
-        key = (stream.root, stream.recursive)
-        with self._lock:
-            self._streams.setdefault(key, []).append(stream)
-        try:
-            result = self._add_request(key)
-            # A node watch also reads its node (pipelined behind the add), so that a
-            # catch-up after a reconnection knows whether it existed.
-            baseline = None if stream.recursive else stream.client.exists_async(stream.root)
-            await self._bridge.wait(result)
-            stream.last_revision = getattr(result, "zxid", 0)
-            if baseline is not None:
-                stream.set_baseline(await self._bridge.wait(baseline), baseline)
-        except BaseException as exc:
-            await self.remove(stream)
-            if isinstance(exc, Exception):
-                raise map_error(exc) from exc
-            raise
-
-    async def remove(self, stream: WatchStream) -> None:
-        key = (stream.root, stream.recursive)
-        with self._lock:
-            group = self._streams.get(key, [])
-            if stream in group:
-                group.remove(stream)
-            last = not group
-            if last:
-                self._streams.pop(key, None)
-        if last and self._client.connected:
-            watcher_type = WATCHER_PERSISTENT_RECURSIVE if key[1] else WATCHER_PERSISTENT
-            result = self._client.handler.async_result()
-            self._client._call(RemoveWatches(self._chrooted(key[0]), watcher_type), result)
-            with anyio.move_on_after(2, shield=True):
-                # The watch may already be gone with the connection or session.
-                with contextlib.suppress(Exception):
-                    await self._bridge.wait(result)
-
-    def rearm(self, since_zxid: int) -> None:
-        """Kazoo's connection thread, reconnected with the same session: add the watches again."""
-        with self._lock:
-            groups = [(key, list(group)) for key, group in self._streams.items()]
-        for key, group in groups:
-            added = self._add_request(key)
-            for stream in group:
-                stream.resync(added, since_zxid)
-
-    def fail_all(self, error_factory: Callable[[], CoordkitError]) -> None:
-        """The session ended: persistent watches are gone with it."""
-        with self._lock:
-            streams = [s for group in self._streams.values() for s in group]
-        for stream in streams:
-            stream.fail(error_factory())
-
-
-def session_expired_error() -> CoordkitError:
-    return SessionExpiredError("the ZooKeeper session expired; the watch ended with it")
+    def _remember(self, event: Event) -> None:
+        """Record ``event`` as what the consumer now knows of its path."""
+        path = event.path
+        if event.type is EventType.DELETED:
+            self._delivered.pop(path, None)
+            self._delivered_revision.pop(path, None)
+            self._present.pop(path, None)
+            self._pending_create.discard(path)
+        else:
+            assert event.node is not None
+            self._delivered[path] = event.node
+            self._delivered_revision[path] = event.revision
+            self._present[path] = event.node.create_revision

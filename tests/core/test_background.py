@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from coordkit.background import Background
@@ -22,13 +23,13 @@ async def test_tasks_run_until_close_which_waits_for_them() -> None:
         try:
             while True:
                 ticks += 1
-                await anyio.sleep(0)
+                await anyio.lowlevel.checkpoint()
         finally:
             finished.set()
 
     bg.start_soon(ticker)
     while ticks < 10:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
     await bg.close()
     assert finished.is_set()  # close returned only after the task ended
     with pytest.raises(RuntimeError, match="closed"):

@@ -4,6 +4,10 @@ Each backend's fixture module (``<name>_servers.py`` beside this file) supplies
 a ``<name>_url`` fixture that returns a URL isolated from other tests (a
 separate memory store, a separate chroot on a real server). Tests that should
 run on every backend take ``backend_url``.
+
+Every test that needs a real etcd or ZooKeeper server (through ``backend_url``
+or a server fixture) is marked ``etcd`` or ``zookeeper``, so
+``pytest -m "not zookeeper"`` runs without one.
 """
 
 from __future__ import annotations
@@ -31,3 +35,20 @@ def memory_url() -> str:
 @pytest.fixture(params=BACKENDS)
 def backend_url(request: pytest.FixtureRequest, anyio_backend: str) -> str:
     return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+#: The fixtures that start (or use) a real server, by the marker of the tests using them.
+SERVER_FIXTURES = {
+    "etcd": {"etcd_server", "etcd_cluster", "etcd_private_server", "etcd_url", "etcd_cluster_url"},
+    "zookeeper": {"zookeeper_server", "zookeeper_ensemble", "zookeeper_url"},
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("backend_url") if callspec is not None else None
+        for marker, server_fixtures in SERVER_FIXTURES.items():
+            if backend == marker or fixtures & server_fixtures:
+                item.add_marker(marker)

@@ -263,7 +263,7 @@ def _running_cluster(size: int, prefix: str) -> Iterator[EtcdCluster]:
             cluster.stop()
 
 
-def _require_asyncio_and_client(anyio_backend: str) -> None:
+def require_asyncio_and_client(anyio_backend: str) -> None:
     if anyio_backend != "asyncio":
         pytest.skip(TRIO_SKIP)
     if importlib.util.find_spec("aetcd") is None:
@@ -273,7 +273,7 @@ def _require_asyncio_and_client(anyio_backend: str) -> None:
 @pytest.fixture
 def etcd_url(anyio_backend: str, request: pytest.FixtureRequest) -> str:
     """An ``etcd://`` URL whose path is a fresh key prefix: isolated from other tests."""
-    _require_asyncio_and_client(anyio_backend)
+    require_asyncio_and_client(anyio_backend)
     server: EtcdCluster = request.getfixturevalue("etcd_server")
     return server.url(f"/t-{uuid.uuid4().hex}")
 
@@ -281,6 +281,6 @@ def etcd_url(anyio_backend: str, request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def etcd_cluster_url(anyio_backend: str, request: pytest.FixtureRequest) -> str:
     """Like ``etcd_url``, on the 3-member cluster (every member listed in the URL)."""
-    _require_asyncio_and_client(anyio_backend)
+    require_asyncio_and_client(anyio_backend)
     cluster: EtcdCluster = request.getfixturevalue("etcd_cluster")
     return cluster.url(f"/t-{uuid.uuid4().hex}")

@@ -77,9 +77,7 @@ class RaftProcessCluster:
         cluster.extra_args = extra_args
         for i in range(1, size + 1):
             name = f"n{i}"
-            cluster.members[name] = RaftMember(
-                name, free_port(), root / name, root / f"{name}.log"
-            )
+            cluster.members[name] = RaftMember(name, free_port(), root / name, root / f"{name}.log")
         return cluster
 
     @property
@@ -163,7 +161,9 @@ async def member_status(address: str) -> dict[str, Any]:
     from coordkit.backends.raft.wire import Address
     from coordkit.retry import RetryPolicy
 
-    dialer = Dialer([Address.parse(address)], ssl_context=None, connect_timeout=2.0, retry=RetryPolicy())
+    dialer = Dialer(
+        [Address.parse(address)], ssl_context=None, connect_timeout=2.0, retry=RetryPolicy()
+    )
     try:
         return await dialer.status_of(Address.parse(address))
     except coordkit.CoordkitError as exc:
@@ -214,4 +214,3 @@ def raft_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def raft_embedded_url() -> str:
     return f"raft+embedded://tests/test-{uuid.uuid4().hex}"
-

@@ -30,6 +30,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from coordkit.backend import Backend, ConnectOptions, Session
 from coordkit.background import Background
@@ -298,7 +299,13 @@ class RaftBackend(Backend):
                 "una": min(self._unacked),
             }
             try:
-                reply = await self._call(header, encode_command(command))
+                # A write that may have been sent is waited for even if the caller
+                # is cancelled (up to the operation timeout): a cancelled write has
+                # then either happened, and cleanup can find what it made, or never
+                # will. Never half: no orphan node created after its cleanup ran.
+                with anyio.CancelScope(shield=True):
+                    reply = await self._call(header, encode_command(command))
+                await anyio.lowlevel.checkpoint_if_cancelled()
             except SessionExpiredError:
                 self._on_session_expired(session)
                 raise

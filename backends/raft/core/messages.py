@@ -238,9 +238,12 @@ class Ready:
        the core's :class:`Storage` yet;
     2. send ``messages`` at once (nothing in them waits for this node's disk:
        the leader's appends go out while it writes the same entries itself);
-    3. install ``snapshot``, apply ``committed_entries`` (they are already
-       durable here), serve ``read_states`` once applied; then call
-       :meth:`RaftCore.advance`. ``ready()`` may be called again right away;
+    3. install ``snapshot`` (committed state only; a state machine that
+       persists itself apart from the log installs it at step 4 instead: no
+       entry after it is handed out before then), apply ``committed_entries``
+       (they are already durable here), serve ``read_states`` once applied;
+       then call :meth:`RaftCore.advance`. ``ready()`` may be called again
+       right away;
     4. when the writer has made this Ready's writes durable (and every earlier
        Ready's), write them into the core's Storage (snapshot, entries, hard
        state: exactly what step 1 wrote), call :meth:`RaftCore.persisted` with

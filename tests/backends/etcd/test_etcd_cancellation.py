@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import dataclass, field
 
 import anyio
 import pytest
@@ -54,109 +55,124 @@ async def round_trip(client: Client) -> float:
     return max((anyio.current_time() - started) / 2, 0.0005)
 
 
+async def one_call(client: Client, i: int, r: int, kind: str) -> None:
+    """Task ``i``'s call of round ``r``: one of the kinds ``cancel_calls`` mixes."""
+    path = f"/c/t{i}-r{r}"
+    if kind == "create":
+        await client.create(path, b"x" * 64, ephemeral=True)
+    elif kind == "sequential":
+        await client.create(f"/c/s{i}-", b"", ephemeral=True, sequential=True)
+    elif kind == "txn":
+        await client.txn([Compare.missing(path)], [CreateOp(path, b"t", ephemeral=True)], [])
+    elif kind == "set":
+        await client.set("/shared", f"{i}-{r}".encode())
+    else:
+        await client.get("/shared")
+        await client.children("/c")
+
+
+@dataclass
+class Cancelled:
+    """What ``cancel_calls`` did: outcomes, tasks finished, and for each known
+    path a create or txn wrote, whether it existed right after the call."""
+
+    outcomes: Counter[str] = field(default_factory=Counter)
+    existed: dict[str, bool] = field(default_factory=dict)
+    finished: int = 0
+
+
+async def cancel_calls(client: Client, rng: random.Random, tasks: int, rounds: int) -> Cancelled:
+    """``tasks`` tasks each make ``rounds`` calls, most under a random deadline."""
+    base = await round_trip(client)
+    done = Cancelled()
+
+    async def worker(i: int) -> None:
+        # Mostly deadlines that land while a call is in flight, some that
+        # never fire (so calls also complete, whatever this machine's speed).
+        plan = [
+            (
+                rng.choice([None, rng.uniform(0, 2 * base), rng.uniform(0, 6 * base)]),
+                rng.choice(["create", "sequential", "txn", "set", "read"]),
+            )
+            for _ in range(rounds)
+        ]
+        for r, (delay, kind) in enumerate(plan):
+            with anyio.move_on_after(delay) as scope:
+                await one_call(client, i, r, kind)
+            done.outcomes["cancelled" if scope.cancelled_caught else "completed"] += 1
+            if kind in ("create", "txn"):
+                # Right after the call returned (or was cancelled) the write
+                # has happened or never will: remember which.
+                done.existed[f"/c/t{i}-r{r}"] = await client.exists(f"/c/t{i}-r{r}")
+        done.finished += 1
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            for i in range(tasks):
+                tg.start_soon(worker, i)
+    return done
+
+
+async def assert_still_working(client: Client, observer: Client) -> None:
+    with anyio.fail_after(10):
+        await client.create("/c/after", b"ok", ephemeral=True)
+        async with observer.watch("/c/after") as events:
+            await client.set("/c/after", b"again")
+            event = await events.__anext__()
+        assert event.type is EventType.UPDATED and event.node is not None
+        assert event.node.value == b"again"
+
+
+async def assert_whole_nodes(observer: Client, existed: dict[str, bool], lease: int) -> None:
+    """No cancelled write landed late; each node is whole (data and index key)."""
+    for path, was in existed.items():
+        assert await observer.exists(path) is was, f"{path}: landed after its cancellation"
+    keys = await raw_keys(observer)
+    layout = backend_of(observer).layout
+    names = await observer.children("/c")
+    assert {layout.data(f"/c/{n}") for n in names} == {
+        k for k in keys if k.startswith(layout.subtree("/c"))
+    }
+    for name in names:
+        data, index = layout.data(f"/c/{name}"), layout.index(f"/c/{name}")
+        assert index in keys, f"/c/{name} has no index key"
+        assert keys[data] == keys[index] == lease
+    assert len([k for k in keys if k.startswith(layout.children("/c"))]) == len(names)
+
+
+async def assert_nothing_outlives(url: str, lease: int) -> None:
+    """Nothing ephemeral outlives the closed session, nor its lease."""
+    async with coordkit.connect(url) as later:
+        assert await later.children("/c") == []
+        assert all(owner == 0 for owner in (await raw_keys(later)).values())
+        channel = backend_of(later).channel
+        reply = await channel.call(
+            channel.lease.LeaseTimeToLive,
+            rpc.LeaseTimeToLiveRequest(ID=lease),
+            idempotent=True,
+        )
+        assert reply.TTL == -1, "the closed session's lease is still alive"
+
+
 @bounded(90)
 async def test_cancelled_calls_end_every_task_and_leave_whole_nodes_or_none(
     etcd_url: str,
 ) -> None:
-    rng = random.Random(SEED)
     tasks, rounds = 12, 12
-    outcomes: Counter[str] = Counter()
-    existed: dict[str, bool] = {}  # a create's path -> did it exist right after the call
-    finished = 0
     async with coordkit.connect(etcd_url) as client, coordkit.connect(etcd_url) as observer:
         session = client.session
         await client.create("/c", b"")
         await client.create("/shared", b"")
-        base = await round_trip(client)
-
-        async def one_call(i: int, r: int, kind: str) -> str | None:
-            """Run one call; return the path it creates, if it creates a known one."""
-            path = f"/c/t{i}-r{r}"
-            if kind == "create":
-                await client.create(path, b"x" * 64, ephemeral=True)
-                return path
-            if kind == "sequential":
-                await client.create(f"/c/s{i}-", b"", ephemeral=True, sequential=True)
-            elif kind == "txn":
-                await client.txn(
-                    [Compare.missing(path)], [CreateOp(path, b"t", ephemeral=True)], []
-                )
-                return path
-            elif kind == "set":
-                await client.set("/shared", f"{i}-{r}".encode())
-            else:
-                await client.get("/shared")
-                await client.children("/c")
-            return None
-
-        async def worker(i: int) -> None:
-            nonlocal finished
-            # Mostly deadlines that land while a call is in flight, some that
-            # never fire (so calls also complete, whatever this machine's speed).
-            plan = [
-                (
-                    rng.choice([None, rng.uniform(0, 2 * base), rng.uniform(0, 6 * base)]),
-                    rng.choice(["create", "sequential", "txn", "set", "read"]),
-                )
-                for _ in range(rounds)
-            ]
-            for r, (delay, kind) in enumerate(plan):
-                path = f"/c/t{i}-r{r}" if kind in ("create", "txn") else None
-                with anyio.move_on_after(delay) as scope:
-                    await one_call(i, r, kind)
-                outcomes["cancelled" if scope.cancelled_caught else "completed"] += 1
-                if path is not None:
-                    # Right after the call returned (or was cancelled) the write
-                    # has happened or never will: remember which.
-                    existed[path] = await client.exists(path)
-            finished += 1
-
-        with anyio.fail_after(60):
-            async with anyio.create_task_group() as tg:
-                for i in range(tasks):
-                    tg.start_soon(worker, i)
-
-        # (a) every task ran to its end; cancellations really hit calls in flight
-        assert finished == tasks, f"{tasks - finished} tasks ended silently (seed {SEED})"
-        assert sum(outcomes.values()) == tasks * rounds
-        assert outcomes["cancelled"] > tasks and outcomes["completed"] > 0, outcomes
-
-        # (b) the client and its session go on working
+        done = await cancel_calls(client, random.Random(SEED), tasks, rounds)
+        # every task ran to its end; cancellations really hit calls in flight
+        assert done.finished == tasks, f"{tasks - done.finished} tasks ended silently ({SEED=})"
+        assert sum(done.outcomes.values()) == tasks * rounds
+        assert done.outcomes["cancelled"] > tasks and done.outcomes["completed"] > 0
+        # the client and its session go on working
         assert client.session is session and not session.lost
-        with anyio.fail_after(10):
-            await client.create("/c/after", b"ok", ephemeral=True)
-            async with observer.watch("/c/after") as events:
-                await client.set("/c/after", b"again")
-                event = await events.__anext__()
-            assert event.type is EventType.UPDATED and event.node is not None
-            assert event.node.value == b"again"
-
-        # (c) no cancelled write landed late; each node is whole (data and index key)
-        for path, was in existed.items():
-            assert await observer.exists(path) is was, f"{path}: landed after its cancellation"
-        keys = await raw_keys(observer)
-        layout = backend_of(observer).layout
-        names = await observer.children("/c")
-        assert {layout.data(f"/c/{n}") for n in names} == {
-            k for k in keys if k.startswith(layout.subtree("/c"))
-        }
-        for name in names:
-            data, index = layout.data(f"/c/{name}"), layout.index(f"/c/{name}")
-            assert index in keys, f"/c/{name} has no index key"
-            assert keys[data] == keys[index] == session.id
-        assert len([k for k in keys if k.startswith(layout.children("/c"))]) == len(names)
-
-    # ... and nothing ephemeral outlives the session
-    async with coordkit.connect(etcd_url) as later:
-        assert await later.children("/c") == []
-        assert all(lease == 0 for lease in (await raw_keys(later)).values())
-        channel = backend_of(later).channel
-        reply = await channel.call(
-            channel.lease.LeaseTimeToLive,
-            rpc.LeaseTimeToLiveRequest(ID=session.id),
-            idempotent=True,
-        )
-        assert reply.TTL == -1, "the closed session's lease is still alive"
+        await assert_still_working(client, observer)
+        await assert_whole_nodes(observer, done.existed, session.id)
+    await assert_nothing_outlives(etcd_url, session.id)
 
 
 @bounded(90)

@@ -19,6 +19,8 @@ waits on conditions only, and is bounded by ``anyio.fail_after``.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
 import anyio
@@ -27,7 +29,7 @@ from aetcd import rpc
 from etcd_servers import EtcdCluster, EtcdMember, bounded
 
 import coordkit
-from coordkit import Client, EventType
+from coordkit import Client, Event, EventType
 from coordkit.backends.etcd.backend import EtcdBackend
 from coordkit.recipes.lock import Lock
 
@@ -70,6 +72,66 @@ async def wait_for_a_leader_other_than(client: Client, victim: EtcdMember) -> No
         await anyio.sleep(0.05)
 
 
+@asynccontextmanager
+async def failed(cluster: EtcdCluster, victim: EtcdMember, case: str) -> AsyncIterator[None]:
+    """``victim`` killed (or, ``frozen``, stopped with SIGSTOP) for the body;
+    the whole cluster healthy again afterwards, even if the test failed."""
+    if case == "frozen":
+        victim.freeze()
+    else:
+        await anyio.to_thread.run_sync(lambda: victim.stop(kill=True))
+    try:
+        yield
+    finally:
+        # shielded: the next tests need the whole cluster back
+        with anyio.CancelScope(shield=True), anyio.fail_after(30):
+            if case == "frozen":
+                victim.thaw()
+            await anyio.to_thread.run_sync(victim.start)  # (no-op if running)
+            for member in cluster.members:
+                await anyio.to_thread.run_sync(member.wait_healthy)
+
+
+async def assert_writes_go_on_and_the_watch_resumes(
+    client: Client, rival: Client, events: AsyncIterator[Event]
+) -> None:
+    """Both clients write; the client's watch resumed losing and repeating nothing."""
+    during = await rival.create("/jobs/during", b"")
+    after = await client.set("/jobs", b"after failover")
+    node = await client.create("/jobs/n-", b"", sequential=True)
+    assert node.path.endswith("0000000000")
+    got = [await events.__anext__() for _ in range(3)]
+    assert [(e.type, e.path, e.revision) for e in got] == [
+        (EventType.CREATED, "/jobs/during", during.create_revision),
+        (EventType.UPDATED, "/jobs", after.mod_revision),
+        (EventType.CREATED, node.path, node.create_revision),
+    ]
+
+
+async def assert_lease_alive(other: Client, lease_id: int) -> None:
+    channel = backend_of(other).channel
+    reply = await channel.call(
+        channel.lease.LeaseTimeToLive, rpc.LeaseTimeToLiveRequest(ID=lease_id), idempotent=True
+    )
+    assert reply.TTL > 0, "the session's lease is gone"
+
+
+async def assert_lock_kept_and_handed_over(
+    client: Client, rival: Client, lock: Lock, token: int | None
+) -> None:
+    """The Lock is still held, excludes others, and hands over in token order."""
+    assert lock.is_held and lock.token == token
+    assert await Lock(rival, "/locks/failover").acquire(blocking=False) is False
+    await lock.release()
+    theirs = Lock(rival, "/locks/failover", "rival")
+    assert await theirs.acquire()
+    their_token = theirs.token
+    assert their_token is not None and token is not None and their_token > token
+    await theirs.release()
+    async with Lock(client, "/locks/failover") as again:
+        assert again.token is not None and again.token > their_token
+
+
 @pytest.mark.parametrize("case", ["connected", "leader", "connected-leader", "frozen"])
 @bounded(120)
 async def test_client_keeps_its_session_watch_and_lock_when_a_member_dies(
@@ -101,62 +163,19 @@ async def test_client_keeps_its_session_watch_and_lock_when_a_member_dies(
         assert await lock.acquire()
         token = lock.token
 
-        async with client.watch("/jobs", recursive=True) as events:
+        async with client.watch("/jobs", recursive=True) as events, failed(cluster, victim, case):
             killed_at = time.monotonic()
-            if case == "frozen":
-                victim.freeze()
-            else:
-                await anyio.to_thread.run_sync(lambda: victim.stop(kill=True))
-            try:
-                with anyio.fail_after(40):
-                    # reads fail over at once; writes wait for a live leader
-                    await wait_for_a_leader_other_than(client, victim)
-                    await wait_for_a_leader_other_than(rival, victim)
-                    if victim is connected:
-                        assert await member_in_use(client) != victim.name
-                    # the rival writes through a surviving member meanwhile
-                    during = await rival.create("/jobs/during", b"")
-                    after = await client.set("/jobs", b"after failover")
-                    node = await client.create("/jobs/n-", b"", sequential=True)
-                    assert node.path.endswith("0000000000")
-                    # the client's watch resumed without losing or repeating an event
-                    got = [await events.__anext__() for _ in range(3)]
-                    assert [(e.type, e.path, e.revision) for e in got] == [
-                        (EventType.CREATED, "/jobs/during", during.create_revision),
-                        (EventType.UPDATED, "/jobs", after.mod_revision),
-                        (EventType.CREATED, node.path, node.create_revision),
-                    ]
-
-                    # the keepalive reaches the cluster again: same lease, renewed
-                    await backend_of(client).wait_renewed(killed_at)
-                    channel = backend_of(rival).channel
-                    ttl = await channel.call(
-                        channel.lease.LeaseTimeToLive,
-                        rpc.LeaseTimeToLiveRequest(ID=lease_id),
-                        idempotent=True,
-                    )
-                    assert ttl.TTL > 0, "the session's lease is gone"
-                    assert client.session is session and session.id == lease_id
-                    assert not session.lost
-                    assert await rival.get("/jobs/worker") == eph
-
-                    # the Lock is still held, excludes others, and hands over
-                    assert lock.is_held and lock.token == token
-                    assert await Lock(rival, "/locks/failover").acquire(blocking=False) is False
-                    await lock.release()
-                    theirs = Lock(rival, "/locks/failover", "rival")
-                    assert await theirs.acquire()
-                    their_token = theirs.token
-                    assert their_token is not None and token is not None and their_token > token
-                    await theirs.release()
-                    async with Lock(client, "/locks/failover") as again:
-                        assert again.token is not None and again.token > their_token
-            finally:
-                # shielded: the next tests need the whole cluster back, even
-                # if this one timed out
-                with anyio.CancelScope(shield=True), anyio.fail_after(30):
-                    if case == "frozen":
-                        victim.thaw()
-                    await anyio.to_thread.run_sync(victim.start)  # (no-op if running)
-                    for member in cluster.members:
-                        await anyio.to_thread.run_sync(member.wait_healthy)
+            with anyio.fail_after(40):
+                # reads fail over at once; writes wait for a live leader
+                await wait_for_a_leader_other_than(client, victim)
+                await wait_for_a_leader_other_than(rival, victim)
+                if victim is connected:
+                    assert await member_in_use(client) != victim.name
+                await assert_writes_go_on_and_the_watch_resumes(client, rival, events)
+                # the keepalive reaches the cluster again: same lease, renewed
+                await backend_of(client).wait_renewed(killed_at)
+                await assert_lease_alive(rival, lease_id)
+                assert client.session is session and session.id == lease_id
+                assert not session.lost
+                assert await rival.get("/jobs/worker") == eph
+                await assert_lock_kept_and_handed_over(client, rival, lock, token)

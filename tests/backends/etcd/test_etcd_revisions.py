@@ -42,6 +42,70 @@ async def revision(client: Client) -> int:
     return (await client.status()).revision
 
 
+Failing = tuple[str, type[Exception], Callable[[], Awaitable[object]]]
+
+
+def failing_calls(client: Client) -> list[Failing]:
+    """(label, error, call): calls that fail on the tree /a, /a/b, /e (ephemeral)."""
+    return [
+        ("create of an existing node", NodeExistsError, lambda: client.create("/a")),
+        ("create without a parent", NoNodeError, lambda: client.create("/x/y")),
+        (
+            "sequential create without a parent",
+            NoNodeError,
+            lambda: client.create("/x/s-", sequential=True),
+        ),
+        (
+            "create under an ephemeral",
+            NoChildrenForEphemeralsError,
+            lambda: client.create("/e/c"),
+        ),
+        (
+            "make_parents under an ephemeral",
+            NoChildrenForEphemeralsError,
+            lambda: client.create("/e/c/d", make_parents=True),
+        ),
+        ("set of a missing node", NoNodeError, lambda: client.set("/x", b"")),
+        (
+            "set at a wrong version",
+            BadVersionError,
+            lambda: client.set("/a", b"", version=5),
+        ),
+        ("delete of a missing node", NoNodeError, lambda: client.delete("/x")),
+        (
+            "delete at a wrong version",
+            BadVersionError,
+            lambda: client.delete("/a/b", version=3),
+        ),
+        ("delete of a parent", NotEmptyError, lambda: client.delete("/a")),
+        (
+            "recursive delete at a wrong version",
+            BadVersionError,
+            lambda: client.delete("/a", version=7, recursive=True),
+        ),
+        (
+            "recursive delete of a missing node",
+            NoNodeError,
+            lambda: client.delete("/x", recursive=True),
+        ),
+        (
+            "txn whose op fails",
+            NoNodeError,
+            lambda: client.txn([], [SetOp("/a", b"1"), CreateOp("/x/y")]),
+        ),
+        (
+            "txn whose else-branch op fails",
+            NodeExistsError,
+            lambda: client.txn([Compare.missing("/a")], [], [CreateOp("/a")]),
+        ),
+        (
+            "txn deleting a parent",
+            NotEmptyError,
+            lambda: client.txn([], [DeleteOp("/a")]),
+        ),
+    ]
+
+
 @bounded(30)
 async def test_sessions_keepalives_and_failed_calls_consume_no_revision(private_url: str) -> None:
     with anyio.fail_after(30):
@@ -61,64 +125,7 @@ async def test_sessions_keepalives_and_failed_calls_consume_no_revision(private_
                 base = await revision(observer)
                 assert base == start + 3, "each successful create is one revision"
 
-                failures: list[tuple[str, type[Exception], Callable[[], Awaitable[object]]]] = [
-                    ("create of an existing node", NodeExistsError, lambda: client.create("/a")),
-                    ("create without a parent", NoNodeError, lambda: client.create("/x/y")),
-                    (
-                        "sequential create without a parent",
-                        NoNodeError,
-                        lambda: client.create("/x/s-", sequential=True),
-                    ),
-                    (
-                        "create under an ephemeral",
-                        NoChildrenForEphemeralsError,
-                        lambda: client.create("/e/c"),
-                    ),
-                    (
-                        "make_parents under an ephemeral",
-                        NoChildrenForEphemeralsError,
-                        lambda: client.create("/e/c/d", make_parents=True),
-                    ),
-                    ("set of a missing node", NoNodeError, lambda: client.set("/x", b"")),
-                    (
-                        "set at a wrong version",
-                        BadVersionError,
-                        lambda: client.set("/a", b"", version=5),
-                    ),
-                    ("delete of a missing node", NoNodeError, lambda: client.delete("/x")),
-                    (
-                        "delete at a wrong version",
-                        BadVersionError,
-                        lambda: client.delete("/a/b", version=3),
-                    ),
-                    ("delete of a parent", NotEmptyError, lambda: client.delete("/a")),
-                    (
-                        "recursive delete at a wrong version",
-                        BadVersionError,
-                        lambda: client.delete("/a", version=7, recursive=True),
-                    ),
-                    (
-                        "recursive delete of a missing node",
-                        NoNodeError,
-                        lambda: client.delete("/x", recursive=True),
-                    ),
-                    (
-                        "txn whose op fails",
-                        NoNodeError,
-                        lambda: client.txn([], [SetOp("/a", b"1"), CreateOp("/x/y")]),
-                    ),
-                    (
-                        "txn whose else-branch op fails",
-                        NodeExistsError,
-                        lambda: client.txn([Compare.missing("/a")], [], [CreateOp("/a")]),
-                    ),
-                    (
-                        "txn deleting a parent",
-                        NotEmptyError,
-                        lambda: client.txn([], [DeleteOp("/a")]),
-                    ),
-                ]
-                for label, error, call in failures:
+                for label, error, call in failing_calls(client):
                     with pytest.raises(error):
                         await call()
                     assert await revision(observer) == base, f"a failed {label}"

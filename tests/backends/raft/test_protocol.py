@@ -36,7 +36,9 @@ def test_events_round_trip(batch: list[Event]) -> None:
 
 
 @given(st.lists(events(), min_size=1, max_size=4), st.data())
-def test_truncated_or_padded_input_is_refused_cleanly(batch: list[Event], data: st.DataObject) -> None:
+def test_truncated_or_padded_input_is_refused_cleanly(
+    batch: list[Event], data: st.DataObject
+) -> None:
     encoded = encode_events(batch)
     cut = data.draw(st.integers(0, len(encoded) - 1))
     with pytest.raises(InvalidArgumentError):

@@ -7,7 +7,15 @@ import random
 import pytest
 from sim.direct import DirectCluster
 
-from coordkit.backends.raft.core import ConfState, MemoryStorage, RaftConfig, RaftCore, Role
+from coordkit.backends.raft.core import (
+    ConfState,
+    MemoryStorage,
+    Message,
+    MessageType,
+    RaftConfig,
+    RaftCore,
+    Role,
+)
 
 
 def test_a_single_node_commits_only_what_it_has_persisted() -> None:
@@ -67,3 +75,14 @@ def test_messages_stepped_between_ready_and_advance_go_into_the_next_ready() -> 
     c.disks["s2"].append(rd2.entries)
     s2.advance(rd2)
     assert [e.data for e in c.disks["s2"].all_entries()][-2:] == [b"x", b"y"]
+
+
+def test_with_synchronous_writes_every_message_is_in_messages() -> None:
+    """The default contract is unchanged: replies are sent after persisting, with the rest."""
+    disk = MemoryStorage(ConfState.of(["a", "b", "c"]))
+    b = RaftCore("b", disk, RaftConfig(), random.Random(1))
+    b.step(Message(MessageType.VOTE, "a", "b", term=1))
+    rd = b.ready()
+    assert rd.persisted_messages == ()
+    assert [m.type for m in rd.messages] == [MessageType.VOTE_RESP]
+    assert rd.hard_state is not None and rd.hard_state.vote == "a" and rd.must_sync
