@@ -283,5 +283,13 @@ class Backend(abc.ABC):
         """Make the current session expire now, as a server would. For fault tests."""
         raise UnsupportedError(f"{type(self).__name__} cannot expire a session on demand")
 
+    async def kill_leader(self, restart_after: float | None = None) -> str:
+        """Crash the server leading the cluster, as a power cut would; return its name.
+
+        With ``restart_after``, it is started again (recovering from its data)
+        that many seconds later. For failover demos and fault tests.
+        """
+        raise UnsupportedError(f"{type(self).__name__} cannot kill its cluster's leader")
+
 
 BackendFactory = Callable[[BackendURL, ConnectOptions], Backend]

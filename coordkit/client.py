@@ -268,6 +268,11 @@ class Client:
         """Make the current session expire now, as the server would after its TTL."""
         await self._ready().expire_session()
 
+    async def kill_leader(self, restart_after: float | None = None) -> str:
+        """Crash the server leading the cluster (see :meth:`Backend.kill_leader`)."""
+        self.require(Capability.KILL_LEADER, "kill the cluster's leader")
+        return await self._ready().kill_leader(restart_after)
+
 
 def connect(
     url: str | None = None,

@@ -10,9 +10,9 @@ from .errors import ConfigurationError
 
 __all__ = ["DEFAULT_URL", "resolve_url"]
 
-#: The embedded default backend. It becomes the embedded Raft cluster once
-#: that lands; until then it is the in-process memory backend.
-DEFAULT_URL = "memory://"
+#: The embedded default backend: a 3-node Raft cluster inside this process
+#: (temporary data; see docs/backends/raft.md), reached through the raft:// client.
+DEFAULT_URL = "raft+embedded://?nodes=3"
 
 
 def _from_toml(path: Path, *, section: tuple[str, ...]) -> str | None:

@@ -79,6 +79,9 @@ class Capability(enum.Enum):
     #: data), states overwritten before the watcher reads them are folded into
     #: the later one; order, real states and the final state still hold.
     WATCH_EVERY_CHANGE = "watch_every_change"
+    #: the backend can crash the server leading its cluster on demand
+    #: (``Client.kill_leader``; the embedded Raft cluster): failover demos and tests.
+    KILL_LEADER = "kill_leader"
 
 
 @dataclass(frozen=True, slots=True)

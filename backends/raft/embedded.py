@@ -26,7 +26,6 @@ import tempfile
 import threading
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.abc
@@ -35,6 +34,7 @@ from anyio import CancelScope
 
 from coordkit.backend import ConnectOptions
 from coordkit.errors import ConfigurationError, CoordkitError
+from coordkit.model import Capability
 from coordkit.retry import RetryPolicy
 
 from .client import RaftBackend
@@ -168,6 +168,18 @@ class EmbeddedCluster:
             return
         self._portal.call(self._start_node, name)
 
+    def restart_later(self, name: str, delay: float) -> None:
+        """Restart ``name`` after ``delay`` seconds (on the cluster's own loop)."""
+
+        async def restart() -> None:
+            await anyio.sleep(delay)
+            if name not in self.nodes:
+                await self._start_node(name)
+                log.info("restarted embedded node %s", name)
+
+        if self._portal is not None:
+            self._portal.start_task_soon(restart)  # returns at once; runs on the cluster's loop
+
     def leader(self) -> str | None:
         for name, node in list(self.nodes.items()):
             if node.started.is_set() and node.core.role.value == "leader":
@@ -237,5 +249,15 @@ class EmbeddedRaftBackend(RaftBackend):
         self._dialer.endpoints = cluster.endpoints
         await super().open()
 
-    def embedded_status(self) -> dict[str, Any]:
-        return {"nodes": list(self.cluster.nodes), "leader": self.cluster.leader()}
+    capabilities = RaftBackend.capabilities | {Capability.KILL_LEADER}
+
+    async def kill_leader(self, restart_after: float | None = None) -> str:
+        cluster = self.cluster
+        leader = cluster.leader()
+        if leader is None:
+            raise CoordkitError("the embedded cluster has no leader to kill right now")
+        await anyio.to_thread.run_sync(cluster.kill, leader)
+        log.warning("killed embedded node %s (the leader)", leader)
+        if restart_after is not None:
+            cluster.restart_later(leader, restart_after)
+        return leader

@@ -62,7 +62,7 @@ class RaftMember:
 
 @dataclass
 class RaftProcessCluster:
-    """N ``coordkit serve`` processes; every method is blocking (call from sync code or a thread)."""
+    """N ``coordkit serve`` processes; every method blocks (call it from sync code or a thread)."""
 
     root: Path
     members: dict[str, RaftMember] = field(default_factory=dict)

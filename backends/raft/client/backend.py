@@ -128,7 +128,7 @@ class RaftBackend(Backend):
         self._closed = False
         self._aborted = False
 
-    # -- lifecycle ----------------------------------------------------------------
+    # -- lifecycle --------
 
     async def open(self) -> None:
         self._bg = await Background.start(f"{self.label} client")
@@ -190,7 +190,7 @@ class RaftBackend(Backend):
         with contextlib.suppress(NodeExistsError):  # another client made it meanwhile
             await self._write(Create(root, b"", None, False, True))
 
-    # -- connections --------------------------------------------------------------------
+    # -- connections --------
 
     async def _connection(self) -> Connection:
         """The live connection to the leader, connecting (once, for all callers) if needed."""
@@ -236,7 +236,7 @@ class RaftBackend(Backend):
                 logger=log,
             )
 
-    # -- requests ----------------------------------------------------------------------
+    # -- requests --------
 
     async def _call(self, header: dict[str, Any], payload: bytes = b"") -> Reply:
         """Send a request until it runs (or the operation timeout passes)."""
@@ -319,7 +319,7 @@ class RaftBackend(Backend):
         reply = await self._call({"op": RequestOp.READ, "k": kind, "p": path, "c": consistent})
         return unwrap_result(reply.payload)
 
-    # -- sessions -------------------------------------------------------------------------
+    # -- sessions --------
 
     async def _start_session(self) -> None:
         ttl = self.options.session_ttl
@@ -410,7 +410,7 @@ class RaftBackend(Backend):
         with anyio.fail_after(self.options.timeout):
             await self.live_session()
 
-    # -- the data model -----------------------------------------------------------------
+    # -- the data model --------
 
     async def create(
         self, path: str, value: bytes, *, ephemeral: bool, sequential: bool, make_parents: bool
@@ -471,7 +471,7 @@ class RaftBackend(Backend):
             details=details,
         )
 
-    # -- operator requests ---------------------------------------------------------------
+    # -- operator requests --------
 
     async def admin(self, header: dict[str, Any]) -> Reply:
         """An operator request (membership, transfer, faults) to the leader."""
@@ -513,7 +513,7 @@ class RaftBackend(Backend):
                 tg.start_soon(ask, name, address)
         return sorted(rows, key=lambda row: str(row.get("node")))
 
-    # -- watches -------------------------------------------------------------------------
+    # -- watches --------
 
     @asynccontextmanager
     async def watch(

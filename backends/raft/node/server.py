@@ -151,7 +151,7 @@ class RaftNode:
         self.started = anyio.Event()
         self.port: int = config.listen.port
 
-    # -- lifecycle ----------------
+    # -- lifecycle --------
 
     async def run(self, *, task_status: TaskStatus[RaftNode] = anyio.TASK_STATUS_IGNORED) -> None:
         """Recover from the data directory, then serve until cancelled."""
@@ -265,7 +265,7 @@ class RaftNode:
             task_status=task_status,
         )
 
-    # -- the loops ----------------
+    # -- the loops --------
 
     def wake(self) -> None:
         self._wake.set()
@@ -332,7 +332,7 @@ class RaftNode:
             log.warning("%s: dropped a message from %s: %s", self.name, message.frm, exc)
         self.wake()
 
-    # -- leadership ----------------
+    # -- leadership --------
 
     def _on_soft_state(self, soft: SoftState) -> None:
         was_leader = self.sessions.active
@@ -369,7 +369,7 @@ class RaftNode:
         if self.core.role is not Role.LEADER:
             raise NotLeader(*self.leader())
 
-    # -- applying ----------------
+    # -- applying --------
 
     def _apply(self, entry: Entry) -> None:
         result: bytes | None = None
@@ -432,7 +432,7 @@ class RaftNode:
         async with self._members_lock:  # one write at a time, the latest book last
             await anyio.to_thread.run_sync(self.members.save, self.config.data_dir)
 
-    # -- proposing ----------------
+    # -- proposing --------
 
     def propose(self, command: Command, done: Outcome) -> None:
         """Propose ``command``; ``done(result, "")`` once applied, ``done(None, why)`` to retry.
@@ -465,7 +465,7 @@ class RaftNode:
         except Refused as exc:
             log.debug("%s: could not %s: %s", self.name, what, exc)
 
-    # -- reads ----------------
+    # -- reads --------
 
     def read_barrier(self, then: Callable[[str], None]) -> None:
         """Call ``then("")`` once a linearizable read may be served here, or ``then(why)``.
@@ -492,7 +492,7 @@ class RaftNode:
             self._reads.fail_all("not the leader")
         self.wake()
 
-    # -- sessions ----------------
+    # -- sessions --------
 
     def keepalive(self, session_id: int, then: Callable[[bool, str], None]) -> None:
         """Refresh a session's deadline; ``then(alive, why)``."""
@@ -513,7 +513,7 @@ class RaftNode:
 
         self.read_barrier(check)
 
-    # -- snapshots ----------------
+    # -- snapshots --------
 
     def _snapshot_due(self) -> bool:
         return (
@@ -576,7 +576,7 @@ class RaftNode:
             loader.feed(chunk)
         self.store = loader.finish()
 
-    # -- status ----------------
+    # -- status --------
 
     def status(self) -> dict[str, Any]:
         lead, lead_addr = self.leader()
@@ -603,7 +603,7 @@ class RaftNode:
             "addresses": {n: str(a) for n, a in self.members.all().items() if n in conf.members()},
         }
 
-    # -- membership (operator requests, leader only) -------------------------------------------------------
+    # -- membership (operator requests, leader only) --------
 
     def add_member(self, name: str, address: Address) -> int:
         self._require_leader()
@@ -612,7 +612,7 @@ class RaftNode:
         )
 
     def _promote_caught_up_learners(self) -> None:
-        """A learner whose log is within ``PROMOTE_LAG`` entries of the commit index becomes a voter."""
+        """A learner within ``PROMOTE_LAG`` entries of the commit index becomes a voter."""
         core = self.core
         if not core.conf.learners or core.membership.latest_index > core.commit_index:
             return

@@ -85,6 +85,7 @@ class ClientConnection:
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._flush = anyio.Event()
+        self._drained = anyio.Event()
         self._closed = False
         self._watches: dict[int, Watcher] = {}
         self._tg: anyio.abc.TaskGroup | None = None
@@ -107,12 +108,13 @@ class ClientConnection:
 
     def _close(self) -> None:
         self._closed = True
+        self._drained.set()
         for watcher in self._watches.values():
             self.node.watches.remove(watcher)
         self._watches.clear()
         self._flush.set()
 
-    # -- sending -------------------------------------------------------------------------
+    # -- sending --------
 
     def _queue(self, data: bytes) -> None:
         if self._closed:
@@ -148,11 +150,13 @@ class ClientConnection:
                 self._out.clear()
                 self._out_bytes = 0
                 await self._stream.send_encoded(data)
+                self._drained.set()
+                self._drained = anyio.Event()
             if self._closed:
                 await self._stream.aclose()
                 return
 
-    # -- requests --------------------------------------------------------------------------
+    # -- requests --------
 
     def _dispatch(self, frame: Frame) -> None:
         header = frame.header
@@ -314,7 +318,7 @@ class ClientConnection:
             for chunk in chunks:  # copy-on-write: applies go on between chunks
                 self._queue(encode_frame({"t": "s", "i": number}, chunk))
                 while self._out_bytes > STREAM_HIGH_WATER and not self._closed:
-                    await anyio.sleep(0.001)  # let the writer drain before making more
+                    await self._drained.wait()  # let the writer send before making more
                 await anyio.lowlevel.checkpoint()
             self.answer(number, Status.OK)
 
