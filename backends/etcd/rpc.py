@@ -124,6 +124,10 @@ def map_error(exc: BaseException) -> CoordkitError:
             return OperationTimeoutError(f"etcd did not answer in time: {details}")
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
             return ConnectionLostError(f"etcd unreachable: {details}")
+        if code is grpc.StatusCode.INTERNAL and "from Core" in details:
+            # grpc's own transport failed (seen when the member dies mid-call): the
+            # connection is gone, not the request refused.
+            return ConnectionLostError(f"etcd connection broke: {details}")
         return CoordkitError(f"etcd error {code.name}: {details}")
     if isinstance(exc, TimeoutError):
         return OperationTimeoutError("etcd did not answer in time")
