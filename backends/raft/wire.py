@@ -19,6 +19,8 @@ a reason and closes. Everything after that is up to the role (peer or client).
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import ssl
 import struct
 from collections.abc import Mapping
@@ -27,8 +29,9 @@ from typing import Any, Literal
 
 import anyio
 import orjson
-from anyio.abc import ByteReceiveStream, ByteStream, SocketAttribute
+from anyio.abc import ByteReceiveStream, ByteStream, SocketAttribute, SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
+from anyio.streams.tls import TLSStream
 
 from coordkit.errors import ConfigurationError, CoordkitError
 
@@ -324,6 +327,37 @@ async def send_refused(stream: FrameStream, reason: str) -> None:
     await stream.send({"t": "refused", "reason": reason})
 
 
+async def open_tcp(host: str, port: int) -> SocketStream:
+    """A TCP connection to ``host:port`` (each address in turn), with TCP_NODELAY.
+
+    Unlike ``anyio.connect_tcp``, a connect that is cancelled while pending
+    (a peer whose listen backlog is full, e.g. a paused process) closes its
+    socket at once instead of leaving it to the garbage collector.
+    """
+    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    failure: OSError | None = None
+    for family, kind, proto, _, sockaddr in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            try:
+                sock.connect(sockaddr)
+            except BlockingIOError:
+                await anyio.wait_writable(sock)
+                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if error:
+                    raise OSError(error, os.strerror(error)) from None
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return await SocketStream.from_socket(sock)
+        except OSError as exc:
+            sock.close()
+            failure = exc
+        except BaseException:
+            sock.close()
+            raise
+    raise failure or OSError(f"no address for {host}")
+
+
 def describe_tls_error(exc: ssl.SSLError) -> str:
     """A one-line reason for a TLS failure (``certificate verify failed: ...``)."""
     if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
@@ -360,16 +394,19 @@ async def connect(
     """
     with anyio.fail_after(timeout):
         try:
-            if ssl_context is None:
-                raw: ByteStream = await anyio.connect_tcp(address.host, address.port)
-            else:
-                raw = await anyio.connect_tcp(
-                    address.host,
-                    address.port,
-                    ssl_context=ssl_context,
-                    tls_hostname=address.host,
-                    tls_standard_compatible=False,
-                )
+            raw: ByteStream = await open_tcp(address.host, address.port)
+            if ssl_context is not None:
+                try:
+                    raw = await TLSStream.wrap(
+                        raw,
+                        server_side=False,
+                        hostname=address.host,
+                        ssl_context=ssl_context,
+                        standard_compatible=False,
+                    )
+                except BaseException:
+                    await anyio.aclose_forcefully(raw)
+                    raise
         except ssl.SSLError as exc:
             raise HandshakeError(
                 f"TLS handshake with {address} failed: {describe_tls_error(exc)}"

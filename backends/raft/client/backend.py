@@ -218,7 +218,10 @@ class RaftBackend(Backend):
             return conn
 
     async def _read(self, conn: Connection) -> None:
-        await conn.read_loop()
+        try:
+            await conn.read_loop()
+        finally:
+            await conn.aclose()  # its socket too, not left to the garbage collector
         if not (self._closed or self._aborted):
             log.info("connection to %s at %s lost: %s", conn.node, conn.address, conn.cause)
             self._dialer.forget_leader(conn.address)
@@ -273,13 +276,21 @@ class RaftBackend(Backend):
         message = str(reply.header.get("m", status))
         if status == ReplyStatus.REDIRECT:
             self._dialer.hint_leader(reply.header.get("addr"))
-            self._conn = None if self._conn is conn else self._conn
-            self._drop(conn, f"{conn.node} is not the leader")
+            self._abandon(conn, f"{conn.node} is not the leader")
         elif status == ReplyStatus.EXPIRED:
             raise SessionExpiredError(message)
         elif status == ReplyStatus.INVALID:
             raise InvalidArgumentError(message)
-        # BUSY and UNAVAILABLE: back off and retry on the same connection.
+        elif status == ReplyStatus.UNAVAILABLE:
+            self._abandon(conn, f"{conn.node} knows no leader")
+        # BUSY: back off and retry on the same connection.
+
+    def _abandon(self, conn: Connection, why: str) -> None:
+        """Stop using ``conn`` (the next request finds the leader again)."""
+        if self._conn is conn:
+            self._conn = None
+        self._dialer.forget_leader(conn.address)
+        self._drop(conn, why)
 
     def _drop(self, conn: Connection, why: str) -> None:
         if self._bg is not None and not self._bg.closed:
@@ -366,11 +377,12 @@ class RaftBackend(Backend):
                 self._missed_keepalive(session, str(reply.header.get("m", status)))
 
     def _handle_refusal_quietly(self, conn: Connection, reply: Reply) -> None:
-        if reply.header.get("s") == ReplyStatus.REDIRECT:
+        status = reply.header.get("s")
+        if status == ReplyStatus.REDIRECT:
             self._dialer.hint_leader(reply.header.get("addr"))
-            if self._conn is conn:
-                self._conn = None
-            self._drop(conn, f"{conn.node} is not the leader")
+            self._abandon(conn, f"{conn.node} is not the leader")
+        elif status == ReplyStatus.UNAVAILABLE:
+            self._abandon(conn, f"{conn.node} knows no leader")
 
     def _missed_keepalive(self, session: Session, cause: str) -> None:
         if session.state.value == "connected":
