@@ -90,6 +90,8 @@ class DemoSummary:
     items_lost: int = 0
     #: items left in the queue when the workers stopped, taken by the final drain.
     items_drained: int = 0
+    #: puts stopped at the end before their answer came (they may have happened).
+    items_unconfirmed: int = 0
     #: the cluster's own server failover (when the backend can kill its leader):
     #: which server was killed, which took over, and how long the cluster had none.
     server_killed: str = ""
@@ -180,6 +182,7 @@ class _Demo:
         self.next_item = 0
         self.delivered: set[bytes] = set()
         self.put_ok: set[bytes] = set()
+        self.put_started: set[bytes] = set()
         #: set at the end: consumers finish the item they are taking, then stop.
         self.stopping = anyio.Event()
         self.server_leader: str | None = None
@@ -277,6 +280,7 @@ class _Demo:
                     await self.backlog_low.wait()
                 item, self.next_item = self.next_item, self.next_item + 1
                 payload = b"item-%d" % item
+                self.put_started.add(payload)
                 await queue.put(payload)
                 self.put_ok.add(payload)  # acknowledged: it must reach a worker
                 self.summary.items_put += 1
@@ -392,6 +396,8 @@ class _Demo:
             self.delivered.add(item)
             self.summary.items_drained += 1
         self.summary.items_lost = len(self.put_ok - self.delivered)
+        # A put cut short at the end may still have happened: it may be delivered.
+        self.summary.items_unconfirmed = len(self.put_started - self.put_ok)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started

@@ -299,11 +299,14 @@ class Queue(Generic[T]):
         # Only a claim changes an item's version: a claimed item is not ours.
         if node.version > 0 and await self.client.exists(self._claim_path(name)):
             return None
-        try:
-            # The version check lets a concurrent ack-mode claim win over us.
-            await self.client.delete(self._item_path(name), version=node.version)
-        except (NoNodeError, BadVersionError):
-            return None
+        # Shielded, and returned even if a cancellation came meanwhile (it then lands
+        # at the caller's next await): a take that happened is never dropped.
+        with anyio.CancelScope(shield=True):
+            try:
+                # The version check lets a concurrent ack-mode claim win over us.
+                await self.client.delete(self._item_path(name), version=node.version)
+            except (NoNodeError, BadVersionError):
+                return None
         return node.value
 
     async def _claim(self, name: str, node: Node) -> QueueItem | None:
@@ -316,12 +319,13 @@ class Queue(Generic[T]):
             SetOp(item, node.value, version=node.version),
             CreateOp(claim, ephemeral=True),
         ]
-        try:
-            result = await self.client.txn(compares, ops)
-        except NoNodeError:
-            # The compares held, so the claims folder is what is missing.
-            await self.client.ensure_path(self._claims)
-            result = await self.client.txn(compares, ops)
+        with anyio.CancelScope(shield=True):  # as in _remove: a claim made is returned
+            try:
+                result = await self.client.txn(compares, ops)
+            except NoNodeError:
+                # The compares held, so the claims folder is what is missing.
+                await self.client.ensure_path(self._claims)
+                result = await self.client.txn(compares, ops)
         if not result.succeeded:
             return None
         return QueueItem(

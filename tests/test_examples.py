@@ -27,7 +27,7 @@ def run_example(name: str) -> str:
 
 def test_quickstart_runs_on_the_default_backend() -> None:
     out = run_example("quickstart.py")
-    assert "connected to memory://" in out
+    assert "connected to raft+embedded://" in out
     assert "transaction succeeded=True" in out
     assert "created  /app/member-0000000000" in out
     assert "/app/member-0000000000 after close: None" in out
@@ -35,7 +35,7 @@ def test_quickstart_runs_on_the_default_backend() -> None:
 
 def test_recipes_tour_runs_on_the_default_backend() -> None:
     out = run_example("recipes_tour.py")
-    assert "connected to memory://" in out
+    assert "connected to raft+embedded://" in out
     assert "got: resize logo.png\ngot: resize a.png\ngot: resize b.png" in out
     assert "redelivered to another consumer: mail #1" in out
     assert "late ack raised LockLostError (lost=True)" in out

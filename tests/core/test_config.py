@@ -15,8 +15,8 @@ def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("COORDKIT_URL", raising=False)
 
 
-def test_default_is_embedded_memory_until_raft_lands(tmp_path: Path) -> None:
-    assert resolve_url(cwd=tmp_path) == DEFAULT_URL == "memory://"
+def test_default_is_the_embedded_raft_cluster(tmp_path: Path) -> None:
+    assert resolve_url(cwd=tmp_path) == DEFAULT_URL == "raft+embedded://?nodes=3"
 
 
 def test_argument_wins_over_everything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -72,7 +72,9 @@ from .config import NodeConfig, parse_address
 from .datadir import DataDir
 from .files import OS_FILES, FileSystem
 from .members import AddressBook
+from .refusals import NotLeader, Refused
 from .requests import AppliedIndex, Outcome, Proposals, ReadRounds
+from .service import ClientService
 from .sessions import SessionTracker
 from .snapshot_stream import SnapshotReceiver
 from .snapshots import SnapshotStore
@@ -81,30 +83,12 @@ from .transport import ClusterIdentity, PeerTransport, serve
 from .wal import WriteAheadLog, WriteRequest
 from .watches import WatchHub
 
-__all__ = ["NotLeader", "RaftNode", "Refused"]
+__all__ = ["RaftNode"]
 
 #: a learner this close to the commit index is caught up and promoted to voter.
 PROMOTE_LAG = 64
 
 log = logging.getLogger(__name__)
-
-
-class Refused(Exception):
-    """A request this node will not run now; ``status`` says why (a protocol Status)."""
-
-    def __init__(self, status: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class NotLeader(Refused):
-    def __init__(self, leader: str | None, address: str | None) -> None:
-        where = f"{leader} at {address}" if leader else "unknown (election under way)"
-        super().__init__(
-            "redirect" if leader else "unavailable", f"not the leader; leader: {where}"
-        )
-        self.leader = leader
-        self.address = address
 
 
 @dataclass(slots=True)
@@ -249,8 +233,6 @@ class RaftNode:
         return client_context(config.tls_ca, cert=config.tls_cert, key=config.tls_key)
 
     async def _serve(self, *, task_status: TaskStatus[Address]) -> None:
-        from .service import ClientService
-
         config = self.config
         context = None
         if config.tls_cert is not None and config.tls_key is not None:

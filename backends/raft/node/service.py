@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
@@ -31,26 +32,27 @@ from coordkit.paths import STORED_PATH_BYTES, check_path
 from ...store import (
     ClientRequest,
     CloseSession,
+    Command,
     Compact,
     Create,
     Delete,
     ExpireSession,
     OpenSession,
     Set,
+    Store,
     Txn,
     decode_command,
     encode_result,
 )
 from ..protocol import Op, Status, encode_events
-from ..wire import Frame, FrameError, FrameStream, Hello, encode_frame
-from .config import parse_address
-from .server import NotLeader, Refused
-from .watches import Watcher, replay
+from ..wire import Address, Frame, FrameError, FrameStream, Hello, encode_frame
+from .config import NodeConfig, parse_address
+from .refusals import NotLeader, Refused
+from .requests import Outcome
+from .transport import PeerTransport
+from .watches import Watcher, WatchHub, replay
 
-if TYPE_CHECKING:
-    from .server import RaftNode
-
-__all__ = ["ClientService"]
+__all__ = ["ClientService", "ServedNode"]
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +62,33 @@ MAX_BUFFERED = 64 << 20
 STREAM_HIGH_WATER = 8 << 20
 
 
+class ServedNode(Protocol):
+    """What the client protocol needs of a node (the server's ServedNode)."""
+
+    config: NodeConfig
+    store: Store
+    watches: WatchHub
+
+    @property
+    def transport(self) -> PeerTransport: ...
+
+    def propose(self, command: Command, done: Outcome) -> None: ...
+
+    def read_barrier(self, then: Callable[[str], None]) -> None: ...
+
+    def keepalive(self, session_id: int, then: Callable[[bool, str], None]) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def add_member(self, name: str, address: Address) -> int: ...
+
+    def remove_member(self, name: str) -> int: ...
+
+
 class ClientService:
     """Accepts client connections for one node."""
 
-    def __init__(self, node: RaftNode) -> None:
+    def __init__(self, node: ServedNode) -> None:
         self.node = node
         self.connections: set[ClientConnection] = set()
         self._numbers = itertools.count(1)
@@ -78,7 +103,7 @@ class ClientService:
 
 
 class ClientConnection:
-    def __init__(self, node: RaftNode, stream: FrameStream, remote: str) -> None:
+    def __init__(self, node: ServedNode, stream: FrameStream, remote: str) -> None:
         self.node = node
         self.remote = remote
         self._stream = stream
