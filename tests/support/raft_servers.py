@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,6 +168,16 @@ async def member_status(address: str) -> dict[str, Any]:
         return await dialer.status_of(Address.parse(address))
     except coordkit.CoordkitError as exc:
         return {"address": address, "error": str(exc)}
+
+
+async def until(
+    check: Callable[[], Awaitable[bool]], *, timeout: float = 30.0, interval: float = 0.02
+) -> None:
+    """Return once ``check()`` is true. The state it checks lives in other processes,
+    which offer no event to wait on: it is polled (TimeoutError after ``timeout``)."""
+    with anyio.fail_after(timeout):
+        while not await check():  # noqa: ASYNC110 - another process's state: polled
+            await anyio.sleep(interval)
 
 
 async def wait_for_leader(cluster: RaftProcessCluster, timeout: float = START_TIMEOUT) -> str:

@@ -23,7 +23,13 @@ from typing import Any
 
 import anyio
 import pytest
-from raft_servers import RaftProcessCluster, member_status, started_cluster, wait_for_leader
+from raft_servers import (
+    RaftProcessCluster,
+    member_status,
+    started_cluster,
+    until,
+    wait_for_leader,
+)
 from register_history import History
 
 import coordkit
@@ -219,7 +225,7 @@ async def fault_wipe_and_readd_follower(
     )
     cluster.start(victim, join=True)
     with anyio.fail_after(60):  # caught up and promoted to voter
-        while (await member_status(cluster.members[leader].address)).get("voters", []).count(
+        while (await member_status(cluster.members[leader].address)).get("voters", []).count(  # noqa: ASYNC110
             victim
         ) == 0:
             await anyio.sleep(0.05)
@@ -288,6 +294,10 @@ async def fault_isolate_leader(cluster: RaftProcessCluster, ops: Callable[[], in
     await until_progress(ops)
 
 
+async def _applied_at_least(address: str, index: int) -> bool:
+    return int((await member_status(address)).get("applied", 0)) >= index
+
+
 async def node_request(address: str, header: dict[str, Any]) -> dict[str, Any]:
     """One request to one node itself (not redirected to the leader); its answer's header."""
     stream, _ = await connect(Address.parse(address), Hello("client", None), timeout=5.0)
@@ -309,10 +319,10 @@ async def check_every_node_has_every_acknowledged_write(
     target = (await member_status(cluster.members[leader].address))["commit"]
     revisions = set()
     for member in cluster.members.values():
-        with anyio.fail_after(30):
-            while (status := await member_status(member.address)).get("applied", 0) < target:
-                await anyio.sleep(0.05)
-        revisions.add(status["revision"])
+        await until(
+            lambda m=member: _applied_at_least(m.address, target)  # type: ignore[misc]
+        )
+        revisions.add((await member_status(member.address))["revision"])
     assert len(revisions) == 1, f"the nodes applied different logs: revisions {revisions}"
     for key in KEYS:
         values = set()
