@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
-from ..wire import FrameError, FrameStream
+from ..wire import FrameError, FrameStream, encode_frame, frame_size
 
 __all__ = ["Connection", "ConnectionBroken", "Reply"]
 
@@ -63,7 +63,8 @@ class Connection:
         self._ids = itertools.count(1)
         self._waiting: dict[int, _Waiter] = {}
         self._streams: dict[int, MemoryObjectSendStream[bytes]] = {}
-        self._send_lock = anyio.Lock()
+        self._outbox: list[bytes] = []
+        self._writing = False
         self.closed = anyio.Event()
         self.cause: str = ""
 
@@ -104,6 +105,7 @@ class Connection:
 
     def _break(self) -> None:
         self.closed.set()
+        self._outbox.clear()
         waiting, self._waiting = self._waiting, {}
         for waiter in waiting.values():
             waiter.event.set()  # reply stays None: broken
@@ -154,17 +156,37 @@ class Connection:
             raise ConnectionBroken(str(waiter.reply.header.get("m", "the stream failed")))
 
     async def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
-        """Send a frame that expects no answer (or the first half of :meth:`request`)."""
+        """Send a frame that expects no answer (or the first half of :meth:`request`).
+
+        Frames sent while another task is writing join the next write of that
+        task (one system call for many concurrent requests); a failed write
+        breaks the connection, which fails every waiting request.
+        """
+        if self.closed.is_set():
+            raise ConnectionBroken(self.cause or "the connection is closed")
+        data = encode_frame(header, payload)
+        if frame_size(data) > self._stream.max_frame:
+            raise FrameError(
+                f"frame of {frame_size(data)} bytes exceeds the maximum of {self._stream.max_frame}"
+            )
+        self._outbox.append(data)
+        if self._writing:
+            return  # the writing task sends it with its next batch
+        self._writing = True
         try:
             # Shielded: a frame cut in the middle by a cancellation would corrupt
             # the stream for every other request on it.
-            async with self._send_lock:
-                with anyio.CancelScope(shield=True):
-                    await self._stream.send(header, payload)
+            with anyio.CancelScope(shield=True):
+                while self._outbox:
+                    batch = b"".join(self._outbox)
+                    self._outbox.clear()
+                    await self._stream.send_encoded(batch)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             self.cause = self.cause or f"send failed: {exc}"
             self._break()
             raise ConnectionBroken(self.cause) from exc
+        finally:
+            self._writing = False
 
     async def aclose(self, cause: str = "closed by the client") -> None:
         self.cause = self.cause or cause
