@@ -563,7 +563,8 @@ class PeerTransport:
         except FrameError as exc:
             link.end(f"bad frame: {exc}")
         except anyio.EndOfStream:
-            link.end("closed by the peer")
+            # A peer restarting or shutting down; failing to reach it again is logged by the dial.
+            link.end("closed by the peer", logging.INFO)
         except _LINK_ERRORS as exc:
             link.end(f"connection error: {describe_error(exc)}")
         except Exception as exc:  # a bug: keep the node up, and say so loudly
