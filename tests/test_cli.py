@@ -280,3 +280,12 @@ def test_which_urls_are_private_to_a_process() -> None:
     assert not _process_local("raft+embedded://?nodes=3&data_dir=/var/lib/coordkit")
     assert not _process_local("etcd://127.0.0.1:2379")
     assert not _process_local("raft://127.0.0.1:7000")
+
+
+@pytest.mark.parametrize("duration", [0, -1.0, float("nan"), float("inf")])
+def test_the_demo_refuses_a_duration_that_is_not_a_positive_number(duration: float) -> None:
+    from coordkit import demo
+    from coordkit.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="duration must be a positive number"):
+        demo.main("memory://", duration)
