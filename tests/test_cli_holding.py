@@ -301,3 +301,15 @@ def test_sigterm_while_waiting_for_the_lock_withdraws_and_exits_143(run: Run) ->
     code, err = run.finish(run.lock("C", "work", "--timeout", "30"))
     assert code == 0, err
     assert not run.has("W", "start")
+
+
+def test_a_leader_without_a_command_resigns_on_sigterm(run: Run) -> None:
+    leader = run.coordkit("elect", "/election/idle", "--identity", "idle-leader")
+    assert leader.stdout is not None
+    assert leader.stdout.readline().startswith("leading /election/idle as idle-leader")
+    leader.send_signal(signal.SIGTERM)
+    code, err = run.finish(leader)
+    assert (code, err) == (128 + signal.SIGTERM, "")
+    listener = run.coordkit("elect", "/election/idle", "--listen", "--count", "1")
+    out, err = listener.communicate(timeout=60)
+    assert (listener.returncode, out) == (0, "(no leader)\n"), err
