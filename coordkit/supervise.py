@@ -13,8 +13,9 @@ The invariant: **the command runs only while the lock is held.** So:
 * the command runs in a process group of its own, and what is left of that
   group when the command exits (a background job of a shell script) is killed
   before :meth:`run` returns: nothing it started keeps running unlocked;
-* if coordkit itself dies without a chance to clean up (SIGKILL, a crash), a
-  watchdog process beside it kills the command's process group: the lock
+* if coordkit itself dies without a chance to clean up (SIGKILL, a crash,
+  even a SIGKILL to its whole process group), a watchdog process beside it
+  (in a session of its own) kills the command's process group: the lock
   stays with the dead session until the backend expires it (its TTL), the
   command is gone well before.
 
@@ -110,8 +111,12 @@ class _Child:
     """The command's process, leader of its own process group (pgid == pid), and its watchdog."""
 
     def __init__(self, cmd: Sequence[str], env: dict[str, str]) -> None:
+        # In a session of its own, so that a signal to coordkit's whole process
+        # group (the terminal's, a job control `kill -9 -PGID`) spares it.
         self.watchdog = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", WATCHDOG], stdin=subprocess.PIPE
+            [sys.executable, "-I", "-S", "-c", WATCHDOG],
+            stdin=subprocess.PIPE,
+            start_new_session=True,
         )
         try:
             # No preexec_fn: Popen can then use vfork, so no fork handlers of a

@@ -86,18 +86,28 @@ class Run:
     def command(self, name: str, mode: str) -> list[str]:
         return [sys.executable, "-I", "-S", str(self.child), name, str(self.log), mode]
 
-    def coordkit(self, *args: str) -> subprocess.Popen[str]:
+    def coordkit(self, *args: str, process_group: int = -1) -> subprocess.Popen[str]:
         process = subprocess.Popen(
             [sys.executable, "-m", "coordkit.cli", "--url", self.url, *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            process_group=process_group,  # 0: a group of its own, to kill as a whole
         )
         self.processes.append(process)
         return process
 
-    def lock(self, name: str, mode: str, *options: str) -> subprocess.Popen[str]:
-        return self.coordkit("lock", "/locks/job", *options, "--", *self.command(name, mode))
+    def lock(
+        self, name: str, mode: str, *options: str, process_group: int = -1
+    ) -> subprocess.Popen[str]:
+        return self.coordkit(
+            "lock",
+            "/locks/job",
+            *options,
+            "--",
+            *self.command(name, mode),
+            process_group=process_group,
+        )
 
     def events(self) -> list[tuple[str, str, float]]:
         return [(name, event, at) for name, event, at, _ in self._lines()]
@@ -193,14 +203,21 @@ def test_a_command_that_ignores_sigterm_is_killed_after_kill_after(run: Run) -> 
     run.assert_no_overlap()
 
 
-@pytest.mark.parametrize("kill", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize(
+    ("kill", "whole_group"),
+    [(signal.SIGKILL, False), (signal.SIGKILL, True), (signal.SIGTERM, False)],
+    ids=["SIGKILL", "SIGKILL-to-its-group", "SIGTERM"],
+)
 def test_two_lockers_and_a_killed_one_never_run_their_commands_together(
-    run: Run, kill: signal.Signals
+    run: Run, kill: signal.Signals, whole_group: bool
 ) -> None:
-    victim = run.lock("victim", "ticker")
+    victim = run.lock("victim", "ticker", process_group=0)
     wait_until(lambda: run.has("victim", "tick"))
     others = [run.lock(name, "work") for name in ("B", "C")]
-    os.kill(victim.pid, kill)
+    if whole_group:  # coordkit and everything in its process group at once
+        os.killpg(victim.pid, kill)
+    else:
+        os.kill(victim.pid, kill)
     code, _ = run.finish(victim)
     # SIGKILL: coordkit dies at once; its watchdog kills the command.
     # SIGTERM: forwarded; the ticker dies of it and coordkit reports that.
