@@ -37,7 +37,7 @@ import anyio
 from .backend import Session
 from .client import Client, connect
 from .config import resolve_url
-from .errors import CoordkitError
+from .errors import CoordkitError, InvalidArgumentError, WrongTypeError
 from .model import Capability
 
 __all__ = ["DemoSummary", "main", "run_demo"]
@@ -456,8 +456,10 @@ async def run_demo(url: str | None, duration: float, out: TextIO) -> DemoSummary
     second otherwise) and then the summary, which it returns. Everything
     lives under a fresh path, removed at the end.
     """
+    if isinstance(duration, bool) or not isinstance(duration, int | float):
+        raise WrongTypeError(f"duration must be a number of seconds, not {duration!r}")
     if not 0 < duration < math.inf:
-        raise ValueError(f"duration must be a positive number of seconds, not {duration}")
+        raise InvalidArgumentError(f"duration must be a positive number of seconds, not {duration}")
     resolved = resolve_url(url)
     summary = DemoSummary(url=resolved, duration=duration, workers=WORKERS)
     demo = _Demo(summary, f"/coordkit-demo/{uuid.uuid4().hex[:8]}")
