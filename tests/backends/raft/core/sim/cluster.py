@@ -78,6 +78,8 @@ class SimNode:
     incarnation: int = 0
     # Everything this node ever applied, kept across crashes (like MIT's tester).
     applied: dict[int, Entry] = field(default_factory=dict)
+    # The store's encoded result of each applied command, by index (kept across crashes).
+    results: dict[int, bytes] = field(default_factory=dict)
     waiting_reads: list[tuple[int, bytes]] = field(default_factory=list)
     crashes: int = 0
     # Async writes in flight, oldest first: (Ready, term before its first entry
@@ -376,6 +378,7 @@ class Cluster:
         if e.type is EntryType.NORMAL and e.data:
             # What the server does: never raises, the same bytes on every replica.
             result = store.apply_entry(e.data)
+            node.results[e.index] = result
             if node.tracker is not None and node.tracker.active:
                 self._track_sessions(node.tracker, e.data, result)
         # Same entry, same store: the same revision, size, sessions and result everywhere.
