@@ -80,24 +80,31 @@ def test_a_quiet_session_expires_with_its_ephemerals_on_every_replica() -> None:
     cluster.converge()
 
 
+def keepalive(cluster: Cluster, session: int) -> None:
+    """A keepalive to the leader (it goes to the leader's tracker, not through the log)."""
+    tracker = cluster.nodes[cluster.check_one_leader()].tracker
+    assert tracker is not None and tracker.keepalive(session)
+
+
 def test_keepalives_keep_a_session_through_leader_changes() -> None:
     cluster = Cluster(3, seed=6)
     session = open_session(cluster, ttl=0.4)
     cluster.one(request(session, 1, Create("/e/mine", session_id=session, make_parents=True)), 3)
-    for _ in range(3):
-        for _ in range(6):  # a keepalive every 100 ms, to whoever leads
-            lid = cluster.leader()
-            if lid is not None:
-                tracker = cluster.nodes[lid].tracker
-                assert tracker is not None
-                tracker.keepalive(session)
+    for _ in range(4):
+        for _ in range(3):  # a keepalive every 100 ms
+            keepalive(cluster, session)
             cluster.run_for(100)
+        # A keepalive, then the leader dies at once: the next keepalive comes 0.9 TTL
+        # later, to a new leader that never heard of the last one. The session must
+        # live a TTL from that keepalive: the new leader gives every session a full
+        # TTL plus an election timeout from when it takes office.
+        keepalive(cluster, session)
         lid = cluster.check_one_leader()
-        cluster.crash(lid)  # the new leader knows nothing of the keepalives
-        cluster.run_for(50)
+        cluster.crash(lid)
+        cluster.run_for(360)
         cluster.restart(lid)
-    assert cluster.expiries_proposed == 0
     cluster.converge()
+    assert cluster.expiries_proposed == 0
     for n in cluster.nodes.values():
         assert n.store is not None and n.store.get("/e/mine") is not None
     # Once the keepalives stop, the session goes, on every replica.

@@ -382,7 +382,13 @@ class Cluster:
             if node.tracker is not None and node.tracker.active:
                 self._track_sessions(node.tracker, e.data, result)
         # Same entry, same store: the same revision, size, sessions and result everywhere.
-        fingerprint = (store.revision, len(store), store.next_session_id, result)
+        fingerprint = (
+            store.revision,
+            len(store),
+            store.next_session_id,
+            len(store.session_ids()),
+            result,
+        )
         self.checker.on_state(node.id, e.index, fingerprint)
         if self.full_digests:
             self.checker.on_state_digest(node.id, e.index, digest(store.snapshot()))

@@ -196,7 +196,7 @@ class SafetyChecker:
             self.fail(
                 f"state machine safety: after applying {index}, {node}'s store has "
                 f"{fingerprint!r} but {old[0]}'s had {old[1]!r} (revision, nodes, next "
-                "session id, result)"
+                "session id, sessions, result)"
             )
 
     def on_state_digest(self, node: str, index: int, digest: str) -> None:
