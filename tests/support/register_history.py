@@ -1,7 +1,9 @@
 """Recording a history of register operations through a real client, for the
-linearizability checker (``sim.linearizability``): each operation's call and
-return times, and its result, or an unknown outcome when the call failed
-without an answer (the write may or may not have happened)."""
+linearizability checker (``sim.linearizability``, with the store model of
+``sim.model``): each operation's call and return times, and its result, or an
+unknown outcome when the call failed without an answer (the write may or may
+not have happened). The registers must exist (created empty) before the
+history starts: ``set`` of a missing node fails in the store."""
 
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ class History:
     async def put(self, client: coordkit.Client, key: str, value: str, who: int) -> None:
         op = self._start(key, "put", value, who)
         await client.set(key, value.encode())
-        self._done(op, None)
+        self._done(op, "ok")
         self.acknowledged.setdefault(key, set()).add(value)
 
     async def cas(
@@ -73,4 +75,5 @@ class History:
         """The keys whose history no sequential order explains ([] when all do)."""
         # A read that failed tells nothing: drop it (a write that failed stays, unknown).
         kept = [op for op in self.ops if op.returned or op.kind != "get"]
-        return check_history(kept)
+        # Every register exists, empty, before the first recorded operation.
+        return check_history(kept, initial=dict.fromkeys({op.key for op in kept}, ""))

@@ -228,7 +228,7 @@ def test_async_writes_survive_crashes_of_every_node_and_of_the_leader() -> None:
 
 def test_async_writes_under_churn_keep_client_histories_linearizable() -> None:
     net = NetConfig.unreliable()
-    cluster = _async_cluster(5, seed=20, delay=(0, 10), net=net, crash_mid_ready=0.01)
+    cluster = _async_cluster(5, seed=32, delay=(0, 10), net=net, crash_mid_ready=0.01)
     cluster.start_clients(3, until_ms=4000)
     rng = cluster.rng
     ids = list(cluster.nodes)

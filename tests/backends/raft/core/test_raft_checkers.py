@@ -16,6 +16,12 @@ from sim.schedule import run_schedule
 
 from coordkit.backends.raft.core.messages import ConfState, Entry, Role
 from coordkit.backends.raft.core.storage import MemoryStorage
+from coordkit.backends.store import Command, Delete, Store, Txn, decode_result, encode_command
+from coordkit.backends.store import Create as StoreCreate
+from coordkit.backends.store import Set as StoreSet
+from coordkit.errors import NodeExistsError, NoNodeError
+from coordkit.paths import SEQUENCE_DIGITS
+from coordkit.txn import Compare, SetOp, TxnResult
 
 INF = float("inf")
 
@@ -34,79 +40,182 @@ def cas(
     return Operation("k", "cas", (expected, new), call, ret, result, ret != INF)
 
 
+def on(kind: str, arg: object, result: object, call: float, ret: float = INF) -> Operation:
+    return Operation("k", kind, arg, call, ret, result, ret != INF)
+
+
+def check_register(ops: list[Operation]) -> bool:
+    """A register that exists (empty) when the history starts."""
+    return check_key(ops, initial="")
+
+
 # -- linearizability: known histories -------------------------------------------------------
 
 
 def test_accepts_a_sequential_history() -> None:
-    assert check_key([put("a", 1, 2), get("a", 3, 4), cas("a", "b", "ok", 5, 6), get("b", 7, 8)])
+    assert check_register(
+        [put("a", 1, 2), get("a", 3, 4), cas("a", "b", "ok", 5, 6), get("b", 7, 8)]
+    )
 
 
 def test_accepts_overlapping_operations_in_either_order() -> None:
     # The read overlaps the write: it may see the old or the new value.
-    assert check_key([put("a", 1, 2), put("b", 3, 6), get("a", 4, 5)])
-    assert check_key([put("a", 1, 2), put("b", 3, 6), get("b", 4, 5)])
+    assert check_register([put("a", 1, 2), put("b", 3, 6), get("a", 4, 5)])
+    assert check_register([put("a", 1, 2), put("b", 3, 6), get("b", 4, 5)])
 
 
 def test_rejects_a_stale_read() -> None:
     # The write of "b" finished before the read started: reading "a" is stale.
-    assert not check_key([put("a", 1, 2), put("b", 3, 4), get("a", 5, 6)])
+    assert not check_register([put("a", 1, 2), put("b", 3, 4), get("a", 5, 6)])
 
 
 def test_rejects_a_read_of_a_value_never_written() -> None:
-    assert not check_key([put("a", 1, 2), get("z", 3, 4)])
+    assert not check_register([put("a", 1, 2), get("z", 3, 4)])
 
 
 def test_rejects_a_lost_acknowledged_write() -> None:
-    assert not check_key([put("a", 1, 2), get(None, 3, 4)])
+    assert not check_register([put("a", 1, 2), get(None, 3, 4)])
 
 
 def test_rejects_a_cas_that_succeeded_against_the_wrong_value() -> None:
-    assert not check_key([put("a", 1, 2), cas("x", "b", "ok", 3, 4)])
-    assert not check_key([put("a", 1, 2), cas("a", "b", "fail", 3, 4)])
+    assert not check_register([put("a", 1, 2), cas("x", "b", "ok", 3, 4)])
+    assert not check_register([put("a", 1, 2), cas("a", "b", "fail", 3, 4)])
 
 
 def test_rejects_values_flipping_back() -> None:
     # Two reads after both writes completed disagree about the final value.
     ops = [put("a", 1, 4), put("b", 2, 3), get("a", 5, 6), get("b", 7, 8)]
-    assert not check_key(ops)
+    assert not check_register(ops)
 
 
 def test_an_operation_with_unknown_outcome_may_or_may_not_take_effect() -> None:
-    assert check_key([put("a", 1, 2), put("b", 3), get("a", 4, 5)])
-    assert check_key([put("a", 1, 2), put("b", 3), get("b", 4, 5)])
+    assert check_register([put("a", 1, 2), put("b", 3), get("a", 4, 5)])
+    assert check_register([put("a", 1, 2), put("b", 3), get("b", 4, 5)])
     # ...but it cannot take effect before it was invoked.
-    assert not check_key([put("a", 1, 2), get("b", 3, 4), put("b", 5)])
+    assert not check_register([put("a", 1, 2), get("b", 3, 4), put("b", 5)])
     # An unknown CAS may also have failed.
-    assert check_key([put("a", 1, 2), cas("z", "b", None, 3), get("a", 4, 5)])
+    assert check_register([put("a", 1, 2), cas("z", "b", None, 3), get("a", 4, 5)])
+
+
+def test_a_missing_node_has_no_value_to_set_or_compare() -> None:
+    # The store's Set needs the node; a compare of a missing node's value fails.
+    assert check_key([on("put", "a", "nonode", 1, 2), get(None, 3, 4)])
+    assert not check_key([on("put", "a", "ok", 1, 2)])
+    assert check_key([cas("", "b", "fail", 1, 2)])
+    assert not check_key([cas("", "b", "ok", 1, 2)])
+
+
+def test_create_and_delete_change_existence() -> None:
+    ops = [
+        on("create", "a", "ok", 1, 2),
+        on("create", "b", "exists", 3, 4),
+        get("a", 5, 6),
+        on("delete", None, "ok", 7, 8),
+        on("delete", None, "nonode", 9, 10),
+        get(None, 11, 12),
+    ]
+    assert check_key(ops)
+    ops[1].result = "ok"  # two creates of one node cannot both succeed
+    assert not check_key(ops)
+
+
+def test_a_refused_command_has_no_effect() -> None:
+    # "refused": answered without being applied (its session had expired).
+    assert check_key([on("create", "a", "refused", 1, 2), get(None, 3, 4)])
+    assert not check_key([on("create", "a", "refused", 1, 2), get("a", 3, 4)])
+
+
+def seq(result: int | None, call: float, ret: float = INF) -> Operation:
+    return Operation("/q", "seq", None, call, ret, result, ret != INF)
+
+
+def test_sequential_creates_take_each_number_once_in_order() -> None:
+    assert check_key([seq(0, 1, 2), seq(1, 3, 4), seq(2, 5, 6)])
+    # Overlapping creates may get their numbers in either order.
+    assert check_key([seq(1, 1, 4), seq(0, 2, 3)])
+    # A number given twice, or skipped, or out of real-time order: not linearizable.
+    assert not check_key([seq(0, 1, 2), seq(0, 3, 4)])
+    assert not check_key([seq(0, 1, 2), seq(2, 3, 4)])
+    assert not check_key([seq(1, 1, 2), seq(0, 3, 4)])
+    # A create with an unknown outcome may have taken a number.
+    assert check_key([seq(0, 1, 2), seq(None, 3), seq(2, 5, 6)])
+    assert check_key([seq(0, 1, 2), seq(None, 3), seq(1, 5, 6)])
 
 
 def test_keys_are_checked_independently() -> None:
     ops = [put("a", 1, 2), Operation("j", "get", None, 3, 4, "a", True)]
-    assert check_history(ops) == ["j"]
+    assert check_history(ops, initial={"k": ""}) == ["j"]
+    assert check_history([*ops, seq(0, 5, 6)], initial={"k": ""}) == ["j"]
+
+
+def test_the_search_is_bounded_per_key() -> None:
+    # Many concurrent unknown writes and reads of values nobody wrote: a search
+    # that would explore a huge space stops at its budget instead.
+    ops = [put(f"w{i}", i) for i in range(30)] + [get("nobody", 100, 101)]
+    with pytest.raises(RuntimeError, match="exceeded"):
+        check_key(ops, initial="", budget=1000)
+
+
+_KINDS = ["put", "get", "cas", "create", "delete"]
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["put", "get", "cas"]), st.integers(0, 3)), max_size=30))
-def test_any_sequential_run_of_a_real_register_is_accepted(steps: list[tuple[str, int]]) -> None:
-    state: str | None = None
+@given(st.lists(st.tuples(st.sampled_from(_KINDS), st.integers(0, 3)), max_size=30))
+def test_any_sequential_run_of_the_real_store_is_accepted(steps: list[tuple[str, int]]) -> None:
+    """The model agrees with the store: run the operations on a real Store, one
+    after the other, record what it answers, and the checker must accept it."""
+    store = Store()
     ops: list[Operation] = []
     for t, (kind, v) in enumerate(steps):
         value = f"v{v}"
+        call, ret = 2 * t, 2 * t + 1
+        if kind == "get":
+            node = store.get("/k")
+            ops.append(get(None if node is None else node.value.decode(), call, ret))
+            continue
+        command: Command
         if kind == "put":
-            ops.append(put(value, 2 * t, 2 * t + 1))
-            state = value
-        elif kind == "get":
-            ops.append(get(state, 2 * t, 2 * t + 1))
+            command, arg = StoreSet("/k", value.encode()), value
+        elif kind == "cas":
+            expected, arg = f"v{(v + 1) % 4}", (f"v{(v + 1) % 4}", value)
+            command = Txn(
+                compares=(Compare.value_is("/k", "==", expected.encode()),),
+                success=(SetOp("/k", value.encode()),),
+            )
+        elif kind == "create":
+            command, arg = StoreCreate("/k", value.encode()), value
         else:
-            ok = state == value
-            ops.append(cas(value, f"w{t}", "ok" if ok else "fail", 2 * t, 2 * t + 1))
-            state = f"w{t}" if ok else state
+            command, arg = Delete("/k"), None
+        answer = decode_result(store.apply_entry(encode_command(command)))
+        if isinstance(answer, NoNodeError):
+            result: object = "nonode"
+        elif isinstance(answer, NodeExistsError):
+            result = "exists"
+        elif isinstance(answer, TxnResult):
+            result = "ok" if answer.succeeded else "fail"
+        else:
+            result = "ok"
+        ops.append(Operation("/k", kind, arg, call, ret, result, True))
     assert check_key(ops)
     # Corrupt the last read to a value nobody wrote: no longer linearizable.
     reads = [op for op in ops if op.kind == "get"]
     if reads:
         reads[-1].result = "never-written"
         assert not check_key(ops)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 12))
+def test_the_real_store_numbers_sequential_creates_as_the_model_does(count: int) -> None:
+    store = Store()
+    ops = []
+    for t in range(count):
+        command = StoreCreate("/q/s-", sequential=True, make_parents=True)
+        node = decode_result(store.apply_entry(encode_command(command)))
+        ops.append(seq(int(node.path[-SEQUENCE_DIGITS:]), 2 * t, 2 * t + 1))
+    assert check_key(ops)
+    ops[-1].result = count  # one past the number the store gave
+    assert not check_key(ops)
 
 
 # -- safety checker -------------------------------------------------------------------------

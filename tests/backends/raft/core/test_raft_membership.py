@@ -40,7 +40,7 @@ def test_add_a_learner_then_promote_it_under_load() -> None:
     assert learner.core is not None
     assert learner.core.conf.learners == ("n4",)
     # The learner replicates but never campaigns (it is not a voter).
-    assert learner.kv_index > 0
+    assert learner.store_index > 0
     assert (
         cluster.net.sent[MessageType.PRE_VOTE.value] + cluster.net.sent[MessageType.VOTE.value] <= 8
     )  # only the first election

@@ -9,6 +9,7 @@ from sim.cluster import Cluster
 from sim.direct import DirectCluster
 from sim.linearizability import check_history
 from sim.network import NetConfig
+from sim.workload import upsert
 
 from coordkit.backends.raft.core import ConfState, MemoryStorage, RaftCore
 from coordkit.backends.raft.core.config import RaftConfig
@@ -130,7 +131,7 @@ def test_snapshot_install_brings_a_lagging_node_up_to_date() -> None:
     lagging = next(n for n in cluster.nodes if n != leader)
     cluster.disconnect(lagging)
     for i in range(40):
-        cluster.one(f"s{i}".encode(), 2)
+        cluster.one(upsert(f"/s{i % 7}", f"v{i}"), 2)
     # The leader compacted what the lagging node needs: only a snapshot helps.
     assert cluster.nodes[leader].disk.first_index() > 2
     assert cluster.net.sent[MessageType.SNAP.value] == 0
@@ -138,8 +139,13 @@ def test_snapshot_install_brings_a_lagging_node_up_to_date() -> None:
     index = cluster.one(b"after", 3)
     assert cluster.net.sent[MessageType.SNAP.value] >= 1
     node = cluster.nodes[lagging]
-    assert node.kv_index >= index
+    assert node.store_index >= index
     assert node.disk.snapshot().meta.index > 2
+    # The store came over in its own snapshot format: the same nodes and values.
+    assert node.store is not None
+    got = node.store.get("/s4")
+    assert got is not None and got.value == b"v39"
+    cluster.converge()  # every replica's whole store digest is the same
 
 
 def test_snapshot_install_under_an_unreliable_network_with_crashes() -> None:

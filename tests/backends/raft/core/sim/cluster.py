@@ -1,7 +1,11 @@
 """A cluster of RaftCores on a virtual clock, driven by one seeded ``random.Random``.
 
 Each node has a "disk" (a MemoryStorage that survives crashes) and, while it
-is up, a RaftCore and a KVStore rebuilt from that disk on restart. Events
+is up, a RaftCore and the real store (``backends/store``) rebuilt from that
+disk on restart: committed entries are applied with ``Store.apply_entry``
+(decode, apply, encode the result), snapshots are the store's own snapshot
+format, and the leader expires sessions through its ``SessionTracker`` on the
+virtual clock, as the Raft server does (``workload.py`` has the clients). Events
 (ticks, message deliveries, write completions, client actions) run in
 virtual-time order; every Ready is handled exactly as the contract says, with
 optional crashes between its steps, and reported to the SafetyChecker as it
@@ -16,6 +20,7 @@ Ready's ``persisted_messages`` go out.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import random
 from collections import deque
@@ -36,11 +41,26 @@ from coordkit.backends.raft.core.messages import (
     Role,
 )
 from coordkit.backends.raft.core.storage import MemoryStorage
+from coordkit.backends.raft.node.sessions import SessionTracker
+from coordkit.backends.store import (
+    ClientRequest,
+    CloseSession,
+    ExpireSession,
+    OpenSession,
+    Store,
+    decode_command,
+    decode_result,
+    encode_command,
+)
+from coordkit.errors import CoordkitError
 
 from .invariants import SafetyChecker
-from .kv import KVStore, encode_cas, encode_put
 from .linearizability import Operation
 from .network import NetConfig, Network
+from .workload import Clients
+
+#: Watch history kept by the simulated stores (small: snapshots stay small).
+SIM_MAX_HISTORY = 64
 
 TICK, DELIVER, CALL, DURABLE = 0, 1, 2, 3
 T = TypeVar("T")
@@ -52,11 +72,14 @@ class SimNode:
     disk: MemoryStorage
     tick_ms: int
     core: RaftCore | None = None
-    kv: KVStore | None = None
-    kv_index: int = 0  # last index reflected in kv
+    store: Store | None = None
+    store_index: int = 0  # last index reflected in the store
+    tracker: SessionTracker | None = None  # session deadlines, while leader
     incarnation: int = 0
     # Everything this node ever applied, kept across crashes (like MIT's tester).
     applied: dict[int, Entry] = field(default_factory=dict)
+    # The store's encoded result of each applied command, by index (kept across crashes).
+    results: dict[int, bytes] = field(default_factory=dict)
     waiting_reads: list[tuple[int, bytes]] = field(default_factory=list)
     crashes: int = 0
     # Async writes in flight, oldest first: (Ready, term before its first entry
@@ -69,11 +92,12 @@ class SimNode:
         return self.core is not None
 
 
-@dataclass(eq=False)
-class _Pending:
-    op: Operation
-    node: str
-    client: int
+def digest(snapshot: bytes) -> str:
+    return hashlib.blake2b(snapshot, digest_size=16).hexdigest()
+
+
+def new_store() -> Store:
+    return Store(max_history=SIM_MAX_HISTORY)
 
 
 class Cluster:
@@ -91,6 +115,7 @@ class Cluster:
         snapshot_every: int = 0,
         snapshot_retain: int = 0,
         write_delay_ms: tuple[int, int] = (1, 8),
+        full_digests: bool = False,
     ) -> None:
         self.seed = seed
         # The one source of randomness: network fates, faults, clients and the
@@ -104,6 +129,9 @@ class Cluster:
         self.snapshot_retain = snapshot_retain
         # Async writes: each takes this long (virtual ms), and completes in order.
         self.write_delay_ms = write_delay_ms
+        # Compare a digest of the whole store (its snapshot) after every applied entry.
+        self.full_digests = full_digests
+        self.expiries_proposed = 0
         self.max_writes_in_flight = 0  # on one node at once (async writes)
         self.now = 0
         self._seq = 0
@@ -123,12 +151,11 @@ class Cluster:
         self.disks = {nid: n.disk for nid, n in self.nodes.items()}
         # Client state
         self.history: list[Operation] = []
-        self._pending: dict[int, _Pending] = {}
         self._next_op = 0
-        self._client_target: dict[int, str] = {}
+        self.clients = Clients(self)
         self.client_stop_at = 0
         self.op_timeout_ms = 400
-        self.keys = ("x", "y")
+        self.keys = ("/x", "/y")
         self.reads_from_followers = True
         self.read_ratio = 0.3
         # Called when a node has just become leader (fault schedules use it).
@@ -158,6 +185,7 @@ class Cluster:
                 node = self.nodes[a]  # type: ignore[index]
                 if node.core is not None and node.incarnation == b:
                     node.core.tick()
+                    self._expire_sessions(node)
                     self._process(node)
                     self._push(at + node.tick_ms, TICK, a, b)
             elif kind == DELIVER:
@@ -188,8 +216,13 @@ class Cluster:
         node.core = RaftCore(node.id, node.disk, self.config, self.rng)
         self.cores[node.id] = node.core
         snap = node.disk.snapshot()
-        node.kv = KVStore.restore(snap.data)
-        node.kv_index = snap.meta.index
+        node.store = Store.restore(snap.data) if snap.data else new_store()
+        node.store_index = snap.meta.index
+        if snap.data:
+            self.checker.on_state_digest(node.id, snap.meta.index, digest(snap.data))
+        # The grace a new leader gives every session: an election timeout.
+        grace = self.config.election_tick * node.tick_ms / 1000
+        node.tracker = SessionTracker(self._seconds, grace=grace, retry_after=grace)
         node.waiting_reads = []
         self._push(self.now + self.rng.randint(1, node.tick_ms), TICK, node.id, node.incarnation)
 
@@ -200,10 +233,12 @@ class Cluster:
             return
         node.core = None
         self.cores[nid] = None
-        node.kv = None
+        node.store = None
+        node.tracker = None
         node.waiting_reads = []
         node.writes.clear()  # not yet durable: lost
         node.crashes += 1
+        self.clients.node_lost(nid, writes_only=False)
 
     def restart(self, nid: str) -> None:
         node = self.nodes[nid]
@@ -223,6 +258,17 @@ class Cluster:
 
     # -- Ready handling ----------------------------------------------------------------------
 
+    def process(self, node: SimNode) -> None:
+        """Handle every Ready ``node`` has (after a client acted on its core)."""
+        self._process(node)
+
+    def _seconds(self) -> float:
+        return self.now / 1000
+
+    def next_op_id(self) -> int:
+        self._next_op += 1
+        return self._next_op
+
     def _process(self, node: SimNode) -> None:
         core = node.core
         if core is not None:
@@ -230,6 +276,8 @@ class Cluster:
         # The loop stops if the node crashed meanwhile (a fault hook may crash it).
         while core is not None and node.core is core and core.has_ready():
             rd = core.ready()
+            if rd.soft_state is not None:
+                self._on_soft_state(node, rd.soft_state.role)
             is_async = core.cfg.async_storage_writes
             crash_at = -1
             if self.crash_mid_ready and self.rng.random() < self.crash_mid_ready:
@@ -260,8 +308,12 @@ class Cluster:
             # 3. apply
             if rd.snapshot is not None:
                 self.checker.on_snapshot(node.id, rd.snapshot)
-                node.kv = KVStore.restore(rd.snapshot.data)
-                node.kv_index = rd.snapshot.meta.index
+                # The store's own format, restored as the server restores it.
+                node.store = Store.restore(rd.snapshot.data)
+                node.store_index = rd.snapshot.meta.index
+                self.checker.on_state_digest(
+                    node.id, rd.snapshot.meta.index, digest(rd.snapshot.data)
+                )
             for e in rd.committed_entries:
                 self._apply(node, e)
             if rd.read_states:
@@ -275,10 +327,13 @@ class Cluster:
                 new = rd.soft_state is not None and rd.soft_state.role is Role.LEADER
                 if new and self.on_new_leader is not None:
                     self.on_new_leader(node.id)
-            if self.snapshot_every and node.kv is not None and node.core is core:
+            if self.snapshot_every and node.store is not None and node.core is core:
                 applied = core.applied_index
                 if applied - node.disk.snapshot().meta.index >= self.snapshot_every:
-                    core.compact(applied, node.kv.snapshot(), self.snapshot_retain)
+                    assert applied == node.store_index
+                    data = node.store.snapshot()
+                    self.checker.on_state_digest(node.id, applied, digest(data))
+                    core.compact(applied, data, self.snapshot_retain)
 
     def _write(self, node: SimNode, core: RaftCore, rd: Ready, prev_term: int | None) -> None:
         """Make ``rd``'s snapshot, entries and hard state durable on ``node``'s disk."""
@@ -312,32 +367,80 @@ class Cluster:
                 self._push(self.now + delay, DELIVER, m)
 
     def _apply(self, node: SimNode, e: Entry) -> None:
-        assert node.kv is not None
-        if e.index != node.kv_index + 1:
-            self.checker.fail(f"{node.id} applied index {e.index} after {node.kv_index}")
+        store = node.store
+        assert store is not None
+        if e.index != node.store_index + 1:
+            self.checker.fail(f"{node.id} applied index {e.index} after {node.store_index}")
         self.checker.on_apply(node.id, node.core.term if node.core else 0, e, self.leaders())
         node.applied[e.index] = e
-        node.kv_index = e.index
-        if e.type is not EntryType.NORMAL:
+        node.store_index = e.index
+        result = None
+        if e.type is EntryType.NORMAL and e.data:
+            # What the server does: never raises, the same bytes on every replica.
+            result = store.apply_entry(e.data)
+            node.results[e.index] = result
+            if node.tracker is not None and node.tracker.active:
+                self._track_sessions(node.tracker, e.data, result)
+        # Same entry, same store: the same revision, size, sessions and result everywhere.
+        fingerprint = (
+            store.revision,
+            len(store),
+            store.next_session_id,
+            len(store.session_ids()),
+            result,
+        )
+        self.checker.on_state(node.id, e.index, fingerprint)
+        if self.full_digests:
+            self.checker.on_state_digest(node.id, e.index, digest(store.snapshot()))
+        self.clients.on_applied(node, e.index, e.term, result)
+
+    @staticmethod
+    def _track_sessions(tracker: SessionTracker, data: bytes, result: bytes) -> None:
+        """The leader's session deadlines follow what it applies (as the server's do)."""
+        try:
+            command = decode_command(data)
+        except CoordkitError:
             return
-        outcome = node.kv.apply(e.data)
-        if outcome is not None:
-            op_id, result = outcome
-            p = self._pending.get(op_id)
-            if p is not None and p.node == node.id:
-                self._complete(op_id, result)
+        if isinstance(command, OpenSession):
+            opened = decode_result(result)
+            if isinstance(opened, int):
+                tracker.opened(opened, command.ttl)
+        elif isinstance(command, CloseSession | ExpireSession):
+            tracker.ended(command.session_id)
+        elif isinstance(command, ClientRequest):
+            tracker.keepalive(command.session_id)
+            inner = command.command
+            if isinstance(inner, CloseSession):
+                tracker.ended(inner.session_id)
+
+    def _on_soft_state(self, node: SimNode, role: Role) -> None:
+        tracker, store = node.tracker, node.store
+        assert tracker is not None and store is not None
+        if role is Role.LEADER and not tracker.active:
+            tracker.take_office(store.session_ttls().items())
+        elif role is not Role.LEADER and tracker.active:
+            tracker.leave_office()
+            self.clients.node_lost(node.id, writes_only=True)
+
+    def _expire_sessions(self, node: SimNode) -> None:
+        """On the leader's tick: propose the expiry of every session past its deadline."""
+        tracker, core = node.tracker, node.core
+        if tracker is None or core is None or not tracker.active:
+            return
+        for session_id in tracker.due():
+            try:
+                core.propose(encode_command(ExpireSession(session_id)))
+            except RaftError:
+                return  # proposed again after retry_after
+            self.expiries_proposed += 1
 
     def _serve_reads(self, node: SimNode) -> None:
-        assert node.kv is not None
         still = []
         for index, ctx in node.waiting_reads:
-            if index > node.kv_index:
+            if index > node.store_index:
                 still.append((index, ctx))
                 continue
-            op_id = int(ctx.decode()[1:])
-            p = self._pending.get(op_id)
-            if p is not None and p.node == node.id:
-                self._complete(op_id, node.kv.get(p.op.key))
+            self.clients.serve_read(node, ctx)
         node.waiting_reads = still
 
     # -- observation -----------------------------------------------------------------------
@@ -453,63 +556,41 @@ class Cluster:
     def start_clients(self, count: int, until_ms: int) -> None:
         """Clients issue one operation at a time until ``until_ms`` (virtual)."""
         self.client_stop_at = until_ms
-        ids = list(self.nodes)
-        for c in range(count):
-            self._client_target[c] = self.rng.choice(ids)
-            self.call_at(self.now + self.rng.randint(0, 10), self._client_action(c))
+        self.clients.start(count)
 
-    def _client_action(self, client: int) -> Callable[[], None]:
-        return lambda: self._client_issue(client)
+    def converge(self, timeout_ms: int = 5000) -> int:
+        """Wait until every live member of the leader's configuration has applied the
+        same index, then check their stores are identical there; that index."""
+        lid = self.check_one_leader(timeout_ms)
 
-    def _client_issue(self, client: int) -> None:
-        if self.now >= self.client_stop_at:
-            return
-        rng = self.rng
-        node = self.nodes[self._client_target[client]]
-        key = rng.choice(self.keys)
-        roll = rng.random()
-        op_id = self._next_op + 1
-        try:
-            if node.core is None:
-                raise RaftError("down")
-            if roll < self.read_ratio:
-                if not self.reads_from_followers and node.core.role is not Role.LEADER:
-                    raise RaftError("not leader")
-                op = Operation(key, "get", None, 0, client=client, op_id=op_id)
-                node.core.read_index(f"r{op_id}".encode())
-            elif roll < self.read_ratio + (1 - self.read_ratio) / 2:
-                value = f"v{op_id}"
-                op = Operation(key, "put", value, 0, client=client, op_id=op_id)
-                node.core.propose(encode_put(op_id, key, value))
-            else:
-                expected = node.kv.get(key) if node.kv is not None and rng.random() < 0.7 else None
-                new = f"v{op_id}"
-                op = Operation(key, "cas", (expected, new), 0, client=client, op_id=op_id)
-                node.core.propose(encode_cas(op_id, key, expected, new))
-        except RaftError as exc:
-            hint = getattr(exc, "leader", None)
-            self._client_target[client] = hint if hint else rng.choice(list(self.nodes))
-            self.call_at(self.now + rng.randint(5, 20), self._client_action(client))
-            return
-        self._next_op = op_id
-        op.call = self.stamp()
-        op.node = node.id
-        self.history.append(op)
-        self._pending[op_id] = _Pending(op, node.id, client)
-        self._process(node)
-        self.call_at(self.now + self.op_timeout_ms, lambda: self._client_timeout(op_id))
+        def same() -> bool:
+            lcore = self.nodes[lid].core
+            if lcore is None:
+                return False
+            members = [self.nodes[m] for m in lcore.conf.members()]
+            indexes = {n.store_index for n in members if n.core is not None}
+            return len(indexes) == 1 and lcore.commit_index == lcore.applied_index
 
-    def _complete(self, op_id: int, result: object) -> None:
-        p = self._pending.pop(op_id)
-        p.op.ret = self.stamp()
-        p.op.result = result
-        p.op.returned = True
-        self.call_at(self.now + self.rng.randint(0, 5), self._client_action(p.client))
+        if not self.run_until(same, timeout_ms):
+            raise AssertionError(f"replicas did not converge in {timeout_ms} ms (seed {self.seed})")
+        index = 0
+        for n in self.nodes.values():
+            if n.store is not None and n.core is not None and n.id in n.core.conf.members():
+                index = n.store_index
+                self.checker.on_state_digest(n.id, index, digest(n.store.snapshot()))
+                _check_store(n.id, n.store, self.checker)
+        return index
 
-    def _client_timeout(self, op_id: int) -> None:
-        p = self._pending.pop(op_id, None)
-        if p is None:
-            return
-        # Unknown outcome: the operation stays open-ended in the history.
-        self._client_target[p.client] = self.rng.choice(list(self.nodes))
-        self.call_at(self.now + self.rng.randint(0, 5), self._client_action(p.client))
+
+def _check_store(nid: str, store: Store, checker: SafetyChecker) -> None:
+    """Ephemeral nodes belong to live sessions, which list them (none outlives its session)."""
+    owned: dict[int, list[str]] = {}
+    for path in store.paths():
+        node = store.get(path)
+        if node is not None and node.ephemeral_owner is not None:
+            owned.setdefault(node.ephemeral_owner, []).append(path)
+    for session_id, paths in sorted(owned.items()):
+        if not store.has_session(session_id):
+            checker.fail(f"{nid}: ephemeral nodes {paths} outlive session {session_id}")
+        elif sorted(store.session_ephemerals(session_id)) != sorted(paths):
+            checker.fail(f"{nid}: session {session_id} does not list its ephemerals {paths}")

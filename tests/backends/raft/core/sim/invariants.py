@@ -11,7 +11,12 @@ once, so a violation stops the run at the step that caused it.
 - Leader completeness: an entry committed in term T is in the log of every
   leader of a later term. The checker knows an upper bound of T (the term of
   the first node seen applying the entry) and checks leaders of later terms.
-- State machine safety: no two nodes apply different entries at one index.
+- State machine safety: no two nodes apply different entries at one index,
+  and applying them leaves every replica's store in the same state: after
+  each applied entry the store's revision, size, next session id and encoded
+  result agree across nodes, and wherever a whole-store digest is taken (a
+  snapshot saved, installed or restored, the end of a run, or every entry
+  with ``full_digests``) it agrees with every other node's at that index.
 - Durability: a restarted node's disk agrees with every committed entry it
   claims committed; committed entries are never lost (a later leader lacking
   one violates leader completeness).
@@ -50,6 +55,10 @@ class SafetyChecker:
         # Every index up to this one was checked durable on a quorum when committed.
         self.durable_checked = 0
         self.violations = 0
+        # index -> (node, what a replica's store looked like right after applying it)
+        self.states: dict[int, tuple[str, object]] = {}
+        self.digests: dict[int, tuple[str, str]] = {}
+        self.digests_compared = 0
 
     def fail(self, what: str) -> None:
         self.violations += 1
@@ -177,6 +186,31 @@ class SafetyChecker:
                 f"state machine safety: {node} applied (or committed) term {e.term} at index "
                 f"{e.index}, another node applied term {old.term} there"
             )
+
+    def on_state(self, node: str, index: int, fingerprint: object) -> None:
+        """``node``'s store right after applying ``index``: its fingerprint must be everyone's."""
+        old = self.states.get(index)
+        if old is None:
+            self.states[index] = (node, fingerprint)
+        elif old[1] != fingerprint:
+            self.fail(
+                f"state machine safety: after applying {index}, {node}'s store has "
+                f"{fingerprint!r} but {old[0]}'s had {old[1]!r} (revision, nodes, next "
+                "session id, sessions, result)"
+            )
+
+    def on_state_digest(self, node: str, index: int, digest: str) -> None:
+        """A digest of ``node``'s whole store (its snapshot) as of ``index``."""
+        old = self.digests.get(index)
+        if old is None:
+            self.digests[index] = (node, digest)
+        elif old[1] != digest:
+            self.fail(
+                f"state machine safety: {node}'s store at index {index} differs from "
+                f"{old[0]}'s (snapshot digests {digest} and {old[1]})"
+            )
+        else:
+            self.digests_compared += 1
 
     def on_snapshot(self, node: str, snap: Snapshot) -> None:
         old = self.committed.get(snap.meta.index)

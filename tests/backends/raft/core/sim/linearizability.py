@@ -1,18 +1,24 @@
-"""Linearizability of a key/value register history (Wing & Gong, with Lowe's cache).
+"""Linearizability of a history of store operations (Wing & Gong, with Lowe's cache).
 
-Operations on different keys are independent, so each key's sub-history is
+What each operation may return and how it changes its key is the sequential
+model in ``model.py`` (registers and sequential-create counters). Operations
+on different keys are independent, so each key's sub-history is
 checked on its own (P-compositionality, Herlihy & Wing). For one key, the
 search keeps the history as a linked list of call/return events in time
 order and tries to linearize, at each point, any operation whose call comes
 before the first pending return; a (linearized set, state) pair already seen
 is never explored twice (Lowe). An operation whose outcome is unknown (the
 client timed out) never returns: it may take effect at any point after its
-call, or not at all (as in Porcupine).
+call, or not at all (as in Porcupine). The search is bounded per key: past
+``budget`` steps it raises instead of running on.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+from .model import SEQ, State, initial_state, step
 
 __all__ = ["Operation", "check_history", "check_key"]
 
@@ -21,11 +27,13 @@ INFINITY = float("inf")
 
 @dataclass(slots=True)
 class Operation:
-    """One client operation on one key.
+    """One client operation on one key (a node path).
 
-    ``kind`` is "put" (arg: value), "cas" (arg: (expected, new); result "ok"
-    or "fail") or "get" (result: the value read, None if absent).
-    ``result`` is None with ``returned=False`` for an unknown outcome.
+    ``kind`` and the results it may have are those of ``model.py``: "get"
+    (result: the value read, None if absent), "put" (arg: value), "cas" (arg:
+    (expected, new)), "create" (arg: value), "delete", "seq" (result: the
+    sequence number of the created node). ``result`` is None with
+    ``returned=False`` for an unknown outcome.
     """
 
     key: str
@@ -40,21 +48,6 @@ class Operation:
     node: str = ""  # the node the client talked to
 
 
-def _step(state: str | None, op: Operation) -> tuple[bool, str | None]:
-    """Apply ``op`` to the register; (whether its recorded result is possible, new state)."""
-    if op.kind == "put":
-        return True, op.arg  # type: ignore[return-value]
-    if op.kind == "get":
-        return op.result == state, state
-    expected, new = op.arg  # type: ignore[misc]
-    succeeded = (state or "") == (expected or "")
-    if not op.returned:
-        return True, new if succeeded else state
-    if succeeded:
-        return op.result == "ok", new
-    return op.result == "fail", state
-
-
 class _Event:
     __slots__ = ("is_call", "match", "next", "op", "prev", "slot")
 
@@ -67,12 +60,20 @@ class _Event:
         self.next: _Event | None = None
 
 
-def check_key(ops: list[Operation], initial: str | None = None, budget: int = 2_000_000) -> bool:
-    """Whether one key's history is linearizable. Raises RuntimeError past ``budget`` steps."""
+_UNSET: object = object()
+
+
+def check_key(ops: list[Operation], initial: object = _UNSET, budget: int = 2_000_000) -> bool:
+    """Whether one key's history is linearizable, from ``initial`` (by default the
+    model's: a missing node, or sequence 0). Raises RuntimeError past ``budget`` steps."""
     # Reads that never returned have no effect and no result: drop them.
     ops = [op for op in ops if op.returned or op.kind != "get"]
     if not ops:
         return True
+    kinds = {op.kind == SEQ for op in ops}
+    if len(kinds) > 1:
+        raise ValueError(f"key {ops[0].key!r} mixes sequential creates with register operations")
+    start: State = initial_state(ops[0].kind) if initial is _UNSET else initial  # type: ignore[assignment]
     timed: list[tuple[float, int, _Event]] = []
     for slot, op in enumerate(ops):
         call, ret = _Event(op, slot, True), _Event(op, slot, False)
@@ -101,10 +102,10 @@ def check_key(ops: list[Operation], initial: str | None = None, budget: int = 2_
             if ev.next is not None:
                 ev.next.prev = ev
 
-    state = initial
+    state = start
     linearized = 0
-    seen: set[tuple[int, str | None]] = set()
-    stack: list[tuple[_Event, str | None]] = []
+    seen: set[tuple[int, State]] = set()
+    stack: list[tuple[_Event, State]] = []
     entry = head.next
     steps = 0
     while head.next is not None:
@@ -113,7 +114,8 @@ def check_key(ops: list[Operation], initial: str | None = None, budget: int = 2_
             raise RuntimeError(f"linearizability search exceeded {budget} steps")
         assert entry is not None
         if entry.is_call:
-            ok, new_state = _step(state, entry.op)
+            op = entry.op
+            ok, new_state = step(state, op.kind, op.arg, op.result, op.returned)
             if ok:
                 key = (linearized | (1 << entry.slot), new_state)
                 if key not in seen:
@@ -135,9 +137,15 @@ def check_key(ops: list[Operation], initial: str | None = None, budget: int = 2_
     return True
 
 
-def check_history(ops: list[Operation]) -> list[str]:
-    """Check every key; returns the keys whose history is not linearizable."""
+def check_history(
+    ops: list[Operation], initial: Mapping[str, State] | None = None, budget: int = 2_000_000
+) -> list[str]:
+    """Check every key (from ``initial[key]`` if given, else the model's initial
+    state); returns the keys whose history is not linearizable."""
     by_key: dict[str, list[Operation]] = {}
     for op in ops:
         by_key.setdefault(op.key, []).append(op)
-    return [key for key in sorted(by_key) if not check_key(by_key[key])]
+    start = initial or {}
+    return [
+        key for key in sorted(by_key) if not check_key(by_key[key], start.get(key, _UNSET), budget)
+    ]
