@@ -147,6 +147,7 @@ class EtcdWatch:
         create = rpc.WatchCreateRequest(key=key, prev_kv=True, start_revision=from_revision or 0)
         if range_end is not None:
             create.range_end = range_end
+        await backend.channel.fresh_token()
         stream = backend.channel.stream(backend.channel.watch.Watch)
         try:
             with anyio.fail_after(backend.options.timeout):
