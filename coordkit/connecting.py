@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import socket
 import ssl
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
@@ -27,9 +28,11 @@ from anyio.streams.tls import TLSStream
 from .backend import ConnectOptions
 from .errors import ConfigurationError
 
-__all__ = ["client_ssl_context", "describe_connect_error", "probe", "read_file"]
+__all__ = ["client_ssl_context", "describe_connect_error", "diagnose", "probe", "read_file"]
 
 _MIN_VERSION = ssl.TLSVersion.TLSv1_2
+#: the longest :func:`diagnose` probes one endpoint (after the connect timeout ran out).
+PROBE_TIMEOUT = 1.0
 #: how long a probe waits after a TLS handshake for the server to refuse our certificate.
 _ALERT_WAIT = 0.3
 
@@ -150,3 +153,29 @@ async def probe(
         return describe_tls_error(exc)
     except (OSError, anyio.EndOfStream, anyio.BrokenResourceError) as exc:
         return describe_connect_error(exc)
+
+
+async def diagnose(
+    endpoints: Sequence[tuple[str, int]],
+    ssl_context: ssl.SSLContext | None,
+    within: float,
+    *,
+    what: str,
+) -> dict[str, str]:
+    """Why each endpoint could not be used, all probed at once: ``host:port`` -> cause.
+
+    An endpoint that accepts the probe is reported as reached but silent
+    (``what`` names the server: "etcd", "ZooKeeper"), since the client
+    library could not use it within ``within`` seconds.
+    """
+    names = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in endpoints]
+    causes = dict.fromkeys(names, "")
+
+    async def one(name: str, host: str, port: int) -> None:
+        cause = await probe(host, port, ssl_context=ssl_context, timeout=min(PROBE_TIMEOUT, within))
+        causes[name] = cause or f"reached, but {what} did not answer within {within:g} s"
+
+    async with anyio.create_task_group() as tg:
+        for name, (host, port) in zip(names, endpoints, strict=True):
+            tg.start_soon(one, name, host, port)
+    return causes

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -36,7 +35,7 @@ from coordkit.backend import (
     Session,
     check_options,
 )
-from coordkit.connecting import client_ssl_context, probe
+from coordkit.connecting import client_ssl_context, diagnose
 from coordkit.errors import (
     BadVersionError,
     CannotConnectError,
@@ -73,29 +72,6 @@ def _ancestors(path: str) -> list[str]:
     """Proper ancestors of ``path`` below the root, top-down (``/a/b/c`` → ``/a``, ``/a/b``)."""
     parts = path.split("/")[1:-1]
     return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
-
-
-#: the longest a probe of one endpoint may take once the connect timeout has run out.
-_PROBE_TIMEOUT = 1.0
-
-
-async def diagnose(
-    endpoints: list[tuple[str, int]], ssl_context: ssl.SSLContext | None, within: float
-) -> dict[str, str]:
-    """Why each endpoint could not be used: each probed at once, in parallel."""
-    names = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in endpoints]
-    causes = dict.fromkeys(names, "")
-
-    async def one(name: str, host: str, port: int) -> None:
-        cause = await probe(
-            host, port, ssl_context=ssl_context, timeout=min(_PROBE_TIMEOUT, within)
-        )
-        causes[name] = cause or f"reached, but etcd did not answer within {within:g} s"
-
-    async with anyio.create_task_group() as tg:
-        for name, (host, port) in zip(names, endpoints, strict=True):
-            tg.start_soon(one, name, host, port)
-    return causes
 
 
 class EtcdBackend(Backend):
@@ -182,7 +158,7 @@ class EtcdBackend(Backend):
                 await self._leases.open(timeout=within)
             return
         except (TimeoutError, ConnectionLostError, OperationTimeoutError):
-            causes = await diagnose(self._endpoints, self._ssl_context, within)
+            causes = await diagnose(self._endpoints, self._ssl_context, within, what="etcd")
         except CoordkitError as exc:
             refused = auth_failure(exc.__cause__ or exc)
             if refused is None:

@@ -94,6 +94,9 @@ class Dialer:
             if endpoint in seen:
                 continue
             seen.add(endpoint)
+            # What it stays if the connect timeout ends this attempt (a node
+            # that accepts the connection and never answers).
+            causes.setdefault(str(endpoint), "timed out")
             try:
                 stream, _ = await connect(
                     endpoint, _HELLO, ssl_context=self._ssl, timeout=min(self._timeout, 2.0)
