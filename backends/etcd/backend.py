@@ -133,7 +133,9 @@ class EtcdBackend(Backend):
             with anyio.CancelScope(shield=True):
                 await self._stop_runner()
                 leases, session = self._leases, self._leases.current
-                if not isinstance(exc, CannotConnectError):  # else etcd never saw a grant
+                # A grant can only have reached etcd over a connection that was up.
+                reached = self._channel.channel.get_state() is grpc.ChannelConnectivity.READY
+                if reached and not isinstance(exc, CannotConnectError):
                     await leases.revoke(leases.granting or (session.id if session else 0))
                 self._leases = Leases(lambda: self.channel, self.options)
                 await self._channel.close()

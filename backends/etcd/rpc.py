@@ -363,6 +363,15 @@ def auth_failure(exc: BaseException) -> str | None:
     return None
 
 
+def _first_host(target: str) -> str | None:
+    """The first address of an ``ipv4:``/``ipv6:`` address list (None: one endpoint)."""
+    for scheme in ("ipv4:", "ipv6:"):
+        if target.startswith(scheme):
+            first = target.removeprefix(scheme).split(",")[0]
+            return first.rpartition(":")[0].strip("[]")
+    return None
+
+
 def _token_expired(exc: BaseException) -> bool:
     return isinstance(exc, grpc.aio.AioRpcError) and "invalid auth token" in (exc.details() or "")
 
@@ -389,6 +398,12 @@ class EtcdChannel:
         self.security = security or Security()
         options = channel_options(self.retry)
         if self.security.tls:
+            first = _first_host(target)
+            if first is not None:
+                # An address list has no one name for grpc to check the members'
+                # certificates against: it would take the whole list. Each is
+                # checked against the first address (a cluster certificate).
+                options.append(("grpc.ssl_target_name_override", first))
             credentials = grpc.ssl_channel_credentials(
                 root_certificates=self.security.ca,
                 private_key=self.security.key,

@@ -112,7 +112,7 @@ class ZooKeeperBackend(Backend):
     def __init__(self, url: BackendURL, options: ConnectOptions) -> None:
         check_options(url, SECURITY_OPTIONS)
         self._endpoints = url.host_ports(DEFAULT_PORT)
-        self._hosts = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self._endpoints]
+        self._hosts = [f"{h}:{p}" for h, p in self._endpoints]
         # Checks the TLS files now (a ConfigurationError naming a bad one); the
         # context is what a failed connect probes the endpoints with.
         self._ssl_context = client_ssl_context(options)
@@ -198,13 +198,18 @@ class ZooKeeperBackend(Backend):
         or kazoo is stopped and one CannotConnectError names each endpoint and why."""
         within = self._options.connect_timeout
         live = client.start_async()
-        await anyio.to_thread.run_sync(live.wait, within, abandon_on_cancel=True)
+        try:
+            await anyio.to_thread.run_sync(live.wait, within, abandon_on_cancel=True)
+        finally:
+            if not client.connected:
+                # Stopped (even when cancelled) the way abort() stops it: kazoo may
+                # be blocked reading a server that does not answer, which only a
+                # shut-down socket ends now.
+                self._kazoo = None
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._stop_kazoo, client, False)
         if client.connected:
             return
-        # Stopped the way abort() stops it: kazoo may be blocked reading a
-        # server that does not answer, which only a shut-down socket ends now.
-        await anyio.to_thread.run_sync(self._stop_kazoo, client, False)
-        self._kazoo = None
         auth_failed = self._kazoo_log.cause.startswith("AUTH_FAILED")
         causes = await diagnose(self._endpoints, self._ssl_context, within, what="ZooKeeper")
         if auth_failed:
@@ -274,7 +279,10 @@ class ZooKeeperBackend(Backend):
             hosts=f"{host[0]}:{host[1]}",
             client_id=(session_id, password),
             timeout=self._options.session_ttl,
+            **_security_arguments(self._options),
         )
+        if self._ssl_context is not None:
+            other.handler.create_connection = tls_connector(self._ssl_context)
 
         def expire() -> None:
             other.start(self._options.timeout)

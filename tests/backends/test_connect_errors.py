@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 
+import anyio
 import pytest
 from etcd_servers import TRIO_SKIP, free_port
 
@@ -172,3 +173,21 @@ def test_client_libraries_say_nothing_on_stderr(scheme: str) -> None:
     )
     assert "connection refused" in done.stdout
     assert done.stderr == ""
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+async def test_cancelled_connect_ends_at_once_and_leaves_nothing_open(
+    scheme: str, anyio_backend: str, silent_endpoint: int
+) -> None:
+    """Cancelling the open of a server that never answers ends it promptly; no
+    socket or thread is left behind (an unclosed socket fails the run: warnings
+    are errors)."""
+    needs_loop(scheme, anyio_backend)
+    client = coordkit.connect(f"{scheme}://127.0.0.1:{silent_endpoint}", connect_timeout=60)
+    started = time.monotonic()
+    with anyio.move_on_after(0.5) as scope:
+        async with client:
+            pass
+    assert scope.cancelled_caught
+    assert time.monotonic() - started < 0.5 + MARGIN
+    assert client.closed

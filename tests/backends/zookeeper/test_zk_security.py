@@ -23,6 +23,7 @@ from zookeeper_servers import SecureZooKeeper
 import coordkit
 from coordkit import CannotConnectError, EventType
 from coordkit.recipes import Lock
+from coordkit.testing import CreateRules, SessionRules, TxnRules, WatchRules
 
 pytestmark = [pytest.mark.anyio, pytest.mark.zookeeper]
 
@@ -140,3 +141,14 @@ async def test_untrusted_client_certificate_is_a_tls_failure(
         async with coordkit.connect(url, connect_timeout=1):
             pass
     assert "TLS failure" in str(caught.value)
+
+
+class TestZooKeeperConformanceOverTLSAndAuth(CreateRules, TxnRules, WatchRules, SessionRules):
+    """The conformance kit's tree, transaction, watch and session rules over TLS,
+    client certificates and a digest user (every node under an ACL)."""
+
+    short_session_ttl = 1.0  # the test server's tickTime is 200 ms
+
+    @pytest.fixture
+    def backend_url(self, zookeeper_secure_url: str) -> str:
+        return zookeeper_secure_url
