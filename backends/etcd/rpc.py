@@ -532,6 +532,11 @@ class EtcdChannel:
         call = method(metadata=REQUIRE_LEADER + self._metadata(), wait_for_ready=True)
         return Stream(call, on_error=self._note_error)
 
+    def token_expired(self) -> None:
+        """etcd said our token expired: authenticate before the next call or stream."""
+        if self.security.user is not None:
+            self._token_stale = True
+
     def _note_error(self, exc: BaseException) -> None:
         """etcd refused a call for an expired token: authenticate before the next one."""
         if _token_expired(exc) and self.security.user is not None:

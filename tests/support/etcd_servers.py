@@ -42,6 +42,8 @@ MISSING_ETCD = "etcd is not installed: apt-get install etcd-server etcd-client"
 MISSING_CLIENT = "the etcd client library is missing: pip install 'coordkit[etcd]'"
 TRIO_SKIP = "etcd backend: grpc.aio (the transport under aetcd) runs on asyncio only"
 START_TIMEOUT = 20.0
+#: seconds an idle auth token of the secure etcd lives (etcd's --auth-token-ttl).
+AUTH_TOKEN_TTL = 2
 
 
 def bounded(seconds: float) -> Callable[[AsyncTest], AsyncTest]:
@@ -132,6 +134,9 @@ class EtcdMember:
                 "--key-file", str(self.tls.key),
                 "--trusted-ca-file", str(self.tls.ca),
                 "--client-cert-auth",
+                # Tokens expire after 2 idle seconds (300 by default), so the
+                # tests meet expired tokens, which the client must renew.
+                "--auth-token-ttl", str(AUTH_TOKEN_TTL),
             ]  # fmt: skip
         log = (self.data_dir.parent / f"{self.name}.log").open("ab")
         with log:

@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio
 import pytest
 from certs import TestPKI
-from etcd_servers import SecureEtcd, bounded, require_asyncio_and_client
+from etcd_servers import AUTH_TOKEN_TTL, SecureEtcd, bounded, require_asyncio_and_client
 
 import coordkit
 from coordkit import CannotConnectError, Client, EventType
@@ -187,3 +187,19 @@ async def test_several_endpoints_over_tls(secure: SecureEtcd) -> None:
     url = secure.url(prefix()).replace(endpoint, f"{endpoint},{endpoint}", 1)
     async with coordkit.connect(url) as client:
         await client.create("/c", b"3")
+
+
+@bounded(60)
+async def test_an_expired_token_is_renewed(secure: SecureEtcd) -> None:
+    """etcd forgets a token idle for --auth-token-ttl seconds: calls and a new
+    watch after that still work (the client authenticates again and retries)."""
+    async with coordkit.connect(secure.url(prefix())) as client:
+        await client.create("/t", b"1")
+        # No event to wait on: the token expires on the server's clock.
+        await anyio.sleep(AUTH_TOKEN_TTL + 1.5)
+        await client.set("/t", b"2")  # a write: refused for the token, so retried
+        await anyio.sleep(AUTH_TOKEN_TTL + 1.5)
+        async with client.watch("/t") as events:
+            await client.set("/t", b"3")
+            event = await anext(events)
+            assert event.node is not None and event.node.value == b"3"
