@@ -197,7 +197,9 @@ class MemoryBackend(Backend):
     def from_url(cls, url: BackendURL, options: ConnectOptions) -> MemoryBackend:
         check_options(url)
         if len(url.hosts) > 1 or url.path not in ("", "/"):
-            raise ConfigurationError(f"memory URLs look like memory:// or memory://NAME: {url.raw}")
+            raise ConfigurationError(
+                f"memory URLs look like memory:// or memory://NAME: {url.display}"
+            )
         return cls(url.hosts[0] if url.hosts else "", options)
 
     # -- lifecycle -----------------------------------------------------------

@@ -165,14 +165,14 @@ def target_of(url: BackendURL) -> str:
         addresses = [(ipaddress.ip_address(host), port) for host, port in pairs]
     except ValueError as exc:
         raise ConfigurationError(
-            f"several etcd endpoints must be IP addresses (got {url.raw!r}); "
+            f"several etcd endpoints must be IP addresses (got {url.display!r}); "
             "for host names, list one name that resolves to every member"
         ) from exc
     if all(addr.version == 4 for addr, _ in addresses):
         return "ipv4:" + ",".join(f"{addr}:{port}" for addr, port in addresses)
     if all(addr.version == 6 for addr, _ in addresses):
         return "ipv6:" + ",".join(f"[{addr}]:{port}" for addr, port in addresses)
-    raise ConfigurationError(f"mixed IPv4/IPv6 endpoints are not supported: {url.raw!r}")
+    raise ConfigurationError(f"mixed IPv4/IPv6 endpoints are not supported: {url.display!r}")
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:

@@ -31,7 +31,7 @@ def raft_backend(url: BackendURL, options: ConnectOptions) -> Backend:
     check_options(url, _CLIENT_OPTIONS)
     endpoints = [Address(host, port) for host, port in url.host_ports(DEFAULT_PORT)]
     if not endpoints:
-        raise ConfigurationError(f"no host:port in {url.raw!r}: raft://host:port,host:port,...")
+        raise ConfigurationError(f"no host:port in {url.display!r}: raft://host:port,host:port,...")
     ssl_context = None
     tls_ca, tls_cert, tls_key = (_file(options, name) for name in ("tls_ca", "tls_cert", "tls_key"))
     if tls_ca is not None or tls_cert is not None or tls_key is not None:
@@ -59,7 +59,7 @@ def embedded_backend(url: BackendURL, options: ConnectOptions) -> Backend:
     if len(url.hosts) > 1:
         raise ConfigurationError(
             "embedded raft URLs look like raft+embedded://[NAME][/chroot]?nodes=3&data_dir=DIR: "
-            f"{url.raw}"
+            f"{url.display}"
         )
     raw_nodes = url.query.get("nodes", "3")
     if not raw_nodes.isdigit() or not 1 <= int(raw_nodes) <= 9:

@@ -117,10 +117,10 @@ class ZooKeeperBackend(Backend):
         # context is what a failed connect probes the endpoints with.
         self._ssl_context = client_ssl_context(options)
         if not self._hosts:
-            raise ConfigurationError(f"no ZooKeeper host in {url.raw!r}")
+            raise ConfigurationError(f"no ZooKeeper host in {url.display!r}")
         chroot = url.path.rstrip("/")
         if chroot and any(s in ("", ".", "..") for s in chroot[1:].split("/")):
-            raise ConfigurationError(f"bad chroot {url.path!r} in {url.raw!r}")
+            raise ConfigurationError(f"bad chroot {url.path!r} in {url.display!r}")
         self._chroot = chroot
         self._options = options
         self._bridge = LoopBridge()
