@@ -23,7 +23,14 @@ import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from coordkit import hookimpl
-from coordkit.backend import Backend, BackendFactory, BackendURL, ConnectOptions, Session
+from coordkit.backend import (
+    Backend,
+    BackendFactory,
+    BackendURL,
+    ConnectOptions,
+    Session,
+    check_options,
+)
 from coordkit.errors import (
     ClientClosedError,
     ConfigurationError,
@@ -188,8 +195,11 @@ class MemoryBackend(Backend):
 
     @classmethod
     def from_url(cls, url: BackendURL, options: ConnectOptions) -> MemoryBackend:
+        check_options(url)
         if len(url.hosts) > 1 or url.path not in ("", "/"):
-            raise ConfigurationError(f"memory URLs look like memory:// or memory://NAME: {url.raw}")
+            raise ConfigurationError(
+                f"memory URLs look like memory:// or memory://NAME: {url.display}"
+            )
         return cls(url.hosts[0] if url.hosts else "", options)
 
     # -- lifecycle -----------------------------------------------------------

@@ -6,6 +6,7 @@ from .backend import Backend, BackendURL, ConnectOptions, Session, SessionState
 from .client import Client, connect
 from .errors import (
     BadVersionError,
+    CannotConnectError,
     ClientClosedError,
     CompactedError,
     ConfigurationError,
@@ -36,6 +37,7 @@ __all__ = [
     "Backend",
     "BackendURL",
     "BadVersionError",
+    "CannotConnectError",
     "Capability",
     "Client",
     "ClientClosedError",

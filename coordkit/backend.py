@@ -32,20 +32,22 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import anyio
 
 from .errors import ConfigurationError, UnsupportedError
 from .model import Capability, Event, Node, Status
 from .paths import DEFAULT_MAX_VALUE_BYTES
-from .retry import RetryPolicy
+from .retry import RETRY_OPTIONS, RetryPolicy
 from .txn import Compare, Op, TxnResult
 
 __all__ = [
+    "CONNECT_OPTIONS",
+    "SECURITY_OPTIONS",
     "Backend",
     "BackendFactory",
     "BackendURL",
@@ -53,6 +55,7 @@ __all__ = [
     "Session",
     "SessionState",
     "WatchContext",
+    "check_options",
 ]
 
 WatchContext = AbstractAsyncContextManager[AsyncIterator[Event]]
@@ -141,32 +144,46 @@ class Session:
         return f"Session(id={self.id:#x}, ttl={self.ttl}, state={self.state.value})"
 
 
+#: URL options :func:`coordkit.connect` reads into :class:`ConnectOptions`: valid on every URL.
+CONNECT_OPTIONS = ("session_ttl", "timeout", "connect_timeout", *RETRY_OPTIONS)
+#: URL options of a secure connection (TLS files, user and password): the same
+#: names on every backend that supports them (etcd, ZooKeeper; raft has the TLS ones).
+SECURITY_OPTIONS = ("tls_ca", "tls_cert", "tls_key", "user", "password")
+#: Query options whose value is never shown (in messages, logs, ``repr``).
+_SECRET_OPTIONS = frozenset({"password"})
+
+
 @dataclass(frozen=True, slots=True)
 class BackendURL:
     """A parsed backend URL: ``scheme://host[:port],host[:port]/path?query``."""
 
-    raw: str
+    raw: str = field(repr=False)
     scheme: str
     hosts: tuple[str, ...]
     path: str
-    query: dict[str, str] = field(default_factory=dict)
+    query: dict[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def parse(cls, url: str) -> BackendURL:
         if not isinstance(url, str) or "://" not in url:
             raise ConfigurationError(
-                f"malformed backend URL {url!r}: expected scheme://[hosts][?options]"
+                f"malformed backend URL {redact_url(url)!r}: expected scheme://[hosts][?options]"
             )
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if not scheme:
-            raise ConfigurationError(f"malformed backend URL {url!r}: no scheme")
+            raise ConfigurationError(f"malformed backend URL {redact_url(url)!r}: no scheme")
         hosts = tuple(h for h in parts.netloc.split(",") if h)
         try:
             query = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False))
         except ValueError as exc:
-            raise ConfigurationError(f"malformed query in {url!r}: {exc}") from exc
+            raise ConfigurationError(f"malformed query in {redact_url(url)!r}: {exc}") from exc
         return cls(url, scheme, hosts, parts.path, query)
+
+    @property
+    def display(self) -> str:
+        """The URL as it may be shown: a ``password`` option's value is masked."""
+        return redact_url(self.raw)
 
     def host_ports(self, default_port: int) -> list[tuple[str, int]]:
         """``hosts`` as ``(host, port)`` pairs; raises ConfigurationError on a bad port."""
@@ -176,14 +193,53 @@ class BackendURL:
             if not sep:
                 host, port = item, str(default_port)
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ConfigurationError(f"bad host:port {item!r} in {self.raw!r}")
+                raise ConfigurationError(f"bad host:port {item!r} in {self.display!r}")
             out.append((host.strip("[]"), int(port)))
         return out
 
 
+def redact_url(url: object) -> str:
+    """``url`` with the value of each secret option (``password``) replaced by ``***``."""
+    text = str(url)
+    if "?" not in text:
+        return text
+    try:
+        parts = urlsplit(text)
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError:
+        return text.split("?", 1)[0] + "?***"
+    if not any(name in _SECRET_OPTIONS for name, _ in pairs):
+        return text
+    shown = [(name, "***" if name in _SECRET_OPTIONS else value) for name, value in pairs]
+    return urlunsplit(parts._replace(query=urlencode(shown, quote_via=quote, safe="/:*")))
+
+
+def check_options(url: BackendURL, known: Iterable[str] = ()) -> None:
+    """Refuse a URL option that is neither one of :data:`CONNECT_OPTIONS` nor in ``known``.
+
+    Every backend calls this with the options it reads itself, so a typo
+    (``?conect_timeout=1``) or an option this backend does not support
+    (``memory://?tls_ca=...``) is one clear error naming it and the valid
+    ones, never silently unused.
+    """
+    valid = set(CONNECT_OPTIONS) | set(known)
+    unknown = sorted(set(url.query) - valid)
+    if unknown:
+        raise ConfigurationError(
+            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+            f"for {url.scheme}:// in {url.display!r}; valid options: {', '.join(sorted(valid))}"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectOptions:
-    """Options every backend receives besides its URL."""
+    """Options every backend receives besides its URL.
+
+    :func:`coordkit.connect` fills them from its keyword arguments, else from
+    the URL options of the same names (:data:`CONNECT_OPTIONS`,
+    :data:`SECURITY_OPTIONS`), else these defaults. A backend that does not
+    support an option refuses it in the URL (:func:`check_options`).
+    """
 
     #: seconds a session lives without keepalives.
     session_ttl: float = 10.0
@@ -194,6 +250,34 @@ class ConnectOptions:
     #: how reconnects, keepalive retries and conflict retries back off (URL
     #: options ``retry_initial_delay``, ``retry_max_delay``, ``retry_max_attempts``).
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: seconds opening a client may take before it fails with
+    #: :class:`~coordkit.CannotConnectError` naming every endpoint tried and why.
+    connect_timeout: float = 5.0
+    #: PEM file of the CA that signed the servers' certificates: connect with TLS.
+    tls_ca: str | None = None
+    #: PEM files of this client's certificate and key (mutual TLS); both or neither.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: who to authenticate as (etcd user, ZooKeeper digest user), with ``password``.
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigurationError(
+                "tls_cert and tls_key go together: give both (a client certificate) or neither"
+            )
+        if (self.user is None) != (self.password is None):
+            raise ConfigurationError("user and password go together: give both or neither")
+        if self.user is not None and (not self.user or ":" in self.user):
+            raise ConfigurationError(
+                f"user must be a non-empty name without ':', not {self.user!r}"
+            )
+
+    @property
+    def tls(self) -> bool:
+        """Whether the connection is to use TLS (any ``tls_*`` option given)."""
+        return self.tls_ca is not None or self.tls_cert is not None
 
 
 class Backend(abc.ABC):

@@ -8,6 +8,7 @@ every backend alike.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from types import TracebackType
@@ -15,7 +16,7 @@ from typing import Any
 
 import anyio
 
-from .backend import Backend, BackendURL, ConnectOptions, Session
+from .backend import Backend, BackendURL, ConnectOptions, Session, redact_url
 from .config import resolve_url
 from .errors import (
     ClientClosedError,
@@ -77,7 +78,7 @@ class Client:
             return
         await self._backend.open()
         self._open = True
-        log.info("connected to %s (session %#x)", self.url, self._backend.session.id)
+        log.info("connected to %s (session %#x)", redact_url(self.url), self._backend.session.id)
 
     async def aclose(self) -> None:
         """End the session and close the backend. Idempotent."""
@@ -86,7 +87,7 @@ class Client:
         self._open = False
         with anyio.CancelScope(shield=True):
             await self._backend.close()
-        log.debug("closed the client of %s", self.url)
+        log.debug("closed the client of %s", redact_url(self.url))
 
     @property
     def closed(self) -> bool:
@@ -281,15 +282,25 @@ def connect(
     timeout: float | None = None,
     max_value_bytes: int | None = None,
     retry: RetryPolicy | None = None,
+    connect_timeout: float | None = None,
+    tls_ca: str | os.PathLike[str] | None = None,
+    tls_cert: str | os.PathLike[str] | None = None,
+    tls_key: str | os.PathLike[str] | None = None,
+    user: str | None = None,
+    password: str | None = None,
 ) -> Client:
     """A :class:`Client` for ``url`` (see :func:`coordkit.config.resolve_url`).
 
     Use as ``async with coordkit.connect(url) as client``. URL query options
-    ``session_ttl``, ``timeout`` and ``retry_initial_delay``,
-    ``retry_max_delay``, ``retry_max_attempts`` are read too; keyword
-    arguments win (``retry=`` replaces the whole policy). Raises
-    :class:`ConfigurationError` for a malformed URL, a bad option or an
-    unknown scheme (the message lists the installed schemes).
+    ``session_ttl``, ``timeout``, ``connect_timeout``, ``retry_initial_delay``,
+    ``retry_max_delay``, ``retry_max_attempts`` and, where the backend
+    supports them, ``tls_ca``, ``tls_cert``, ``tls_key``, ``user`` and
+    ``password`` are read too; keyword arguments win (``retry=`` replaces the
+    whole policy). Raises :class:`ConfigurationError` for a malformed URL, a
+    bad or unknown option or an unknown scheme (the message lists the
+    installed schemes). Entering the client raises
+    :class:`~coordkit.CannotConnectError` if no endpoint can be used within
+    ``connect_timeout`` seconds.
     """
     resolved = resolve_url(url)
     parsed = BackendURL.parse(resolved)
@@ -298,21 +309,48 @@ def connect(
     if factory is None:
         installed = ", ".join(sorted(factories)) or "none"
         raise ConfigurationError(
-            f"unknown backend scheme {parsed.scheme!r} in {resolved!r}; installed schemes: "
+            f"unknown backend scheme {parsed.scheme!r} in {parsed.display!r}; installed schemes: "
             f"{installed}"
         )
     defaults = ConnectOptions()
+    query = parsed.query
     options = ConnectOptions(
         session_ttl=_number(
-            session_ttl, parsed.query.get("session_ttl"), defaults.session_ttl, "session_ttl"
+            session_ttl, query.get("session_ttl"), defaults.session_ttl, "session_ttl"
         ),
-        timeout=_number(timeout, parsed.query.get("timeout"), defaults.timeout, "timeout"),
+        timeout=_number(timeout, query.get("timeout"), defaults.timeout, "timeout"),
         max_value_bytes=int(
             _number(max_value_bytes, None, defaults.max_value_bytes, "max_value_bytes")
         ),
         retry=_retry_policy(retry, parsed),
+        connect_timeout=_number(
+            connect_timeout,
+            query.get("connect_timeout"),
+            defaults.connect_timeout,
+            "connect_timeout",
+        ),
+        tls_ca=_text(tls_ca, query.get("tls_ca"), "tls_ca"),
+        tls_cert=_text(tls_cert, query.get("tls_cert"), "tls_cert"),
+        tls_key=_text(tls_key, query.get("tls_key"), "tls_key"),
+        user=_text(user, query.get("user"), "user"),
+        password=_text(password, query.get("password"), "password", secret=True),
     )
     return Client(factory(parsed, options), resolved, options)
+
+
+def _text(arg: Any, query: str | None, name: str, *, secret: bool = False) -> str | None:
+    """A string option (a file path, a user name): the argument, else the URL's value."""
+    raw: Any = arg if arg is not None else query
+    if raw is None:
+        return None
+    if isinstance(raw, os.PathLike):
+        raw = os.fspath(raw)
+    if not isinstance(raw, str):
+        raise ConfigurationError(f"{name} must be a string, not {type(raw).__name__}")
+    if not raw:
+        shown = "" if secret else f" (in {name}={raw!r})"
+        raise ConfigurationError(f"{name} must not be empty{shown}")
+    return raw
 
 
 def _retry_policy(retry: RetryPolicy | None, url: BackendURL) -> RetryPolicy:

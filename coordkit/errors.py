@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "BadVersionError",
+    "CannotConnectError",
     "ClientClosedError",
     "CompactedError",
     "ConfigurationError",
@@ -101,6 +102,26 @@ class SessionExpiredError(CoordkitError):
 
 class ConnectionLostError(CoordkitError):
     """The backend could not be reached; the outcome of the call is unknown."""
+
+
+class CannotConnectError(ConnectionLostError):
+    """Opening a client failed: no endpoint could be reached within the connect timeout.
+
+    One error for the whole attempt, naming every endpoint tried and why each
+    failed (connection refused, timed out, name not resolved, TLS failure,
+    authentication failed). :attr:`causes` maps each endpoint to its cause.
+    """
+
+    def __init__(self, message: str, causes: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        #: endpoint (``host:port``) -> why it could not be used.
+        self.causes: dict[str, str] = dict(causes or {})
+
+    @classmethod
+    def tried(cls, what: str, causes: dict[str, str], within: float) -> CannotConnectError:
+        """The error for ``what`` (e.g. ``"etcd"``) after ``within`` seconds of trying."""
+        tried = "; ".join(f"{endpoint} ({cause})" for endpoint, cause in causes.items())
+        return cls(f"cannot connect to {what} within {within:g} s: tried {tried}", causes)
 
 
 class OperationTimeoutError(CoordkitError, TimeoutError):

@@ -10,17 +10,29 @@ install when it is missing. The implementation lives beside it: ``backend``,
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from coordkit import hookimpl
-from coordkit.backend import Backend, BackendFactory
+from coordkit.backend import Backend, BackendFactory, BackendURL, ConnectOptions
 from coordkit.plugins import lazy_backend, native_recipe_of
 
 __all__ = ["connect_etcd"]
 
+_factory = lazy_backend(f"{__name__}.backend:EtcdBackend", extra="etcd")
 
-#: The factory registered for ``etcd://`` (imports the client library when used).
-connect_etcd = lazy_backend(f"{__name__}.backend:EtcdBackend", extra="etcd")
+
+def connect_etcd(url: BackendURL, options: ConnectOptions) -> Backend:
+    """The factory registered for ``etcd://`` (imports the client library when used).
+
+    grpc's C core writes its own log lines (a refused TLS handshake, each
+    reconnection) straight to stderr, past Python's logging; the backend
+    reports each failure itself, with its cause, on its loggers. So unless
+    the application chose a ``GRPC_VERBOSITY`` itself, grpc is silenced
+    before it is first imported.
+    """
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    return _factory(url, options)
 
 
 @hookimpl

@@ -27,14 +27,26 @@ import grpc
 from aetcd import rpc
 from anyio.abc import TaskGroup
 
-from coordkit.backend import Backend, BackendURL, ConnectOptions, Session
+from coordkit.backend import (
+    SECURITY_OPTIONS,
+    Backend,
+    BackendURL,
+    ConnectOptions,
+    Session,
+    check_options,
+)
+from coordkit.connecting import client_ssl_context, diagnose
 from coordkit.errors import (
     BadVersionError,
+    CannotConnectError,
     ClientClosedError,
+    ConnectionLostError,
+    CoordkitError,
     NoChildrenForEphemeralsError,
     NodeExistsError,
     NoNodeError,
     NotEmptyError,
+    OperationTimeoutError,
     UnsupportedError,
 )
 from coordkit.model import Capability, Event, Node, Status
@@ -45,7 +57,7 @@ from coordkit.txn import Compare, Op, TxnResult
 from . import ops
 from .keys import KeyLayout, depth, prefix_end
 from .lease import Leases
-from .rpc import EtcdChannel, map_error, target_of
+from .rpc import DEFAULT_PORT, EtcdChannel, Security, auth_failure, map_error, target_of
 from .txn import run_txn
 from .watch import EtcdWatch
 
@@ -82,7 +94,11 @@ class EtcdBackend(Backend):
         self.url = url
         self.options = options
         self.layout = KeyLayout.from_url_path(url.path)
+        check_options(url, SECURITY_OPTIONS)
         self._target = target_of(url)
+        self._endpoints = url.host_ports(DEFAULT_PORT) or [("127.0.0.1", DEFAULT_PORT)]
+        self._security = Security.from_options(options)
+        self._ssl_context = client_ssl_context(options)
         self._channel: EtcdChannel | None = None
         self._leases = Leases(lambda: self.channel, options)
         self._runner: asyncio.Task[None] | None = None
@@ -100,9 +116,11 @@ class EtcdBackend(Backend):
             raise UnsupportedError(
                 "the etcd backend runs on asyncio only (grpc.aio, the transport under aetcd)"
             ) from None
-        self._channel = EtcdChannel(self._target, self.options.timeout, self.options.retry)
+        self._channel = EtcdChannel(
+            self._target, self.options.timeout, self.options.retry, self._security
+        )
         try:
-            await self._leases.open()
+            await self._first_contact(self._channel)
             # The keepalive runs in a task group hosted by a task of its own, so
             # that close() may end it from inside the client's shielded scope,
             # and abort() from any task: neither has to exit a cancel scope
@@ -110,16 +128,47 @@ class EtcdBackend(Backend):
             started = anyio.Event()
             self._runner = asyncio.get_running_loop().create_task(self._run(started))
             await started.wait()
-        except BaseException:
+        except BaseException as exc:
             # Cancelled or failed half-way: leave no keepalive task, lease or channel.
             with anyio.CancelScope(shield=True):
                 await self._stop_runner()
                 leases, session = self._leases, self._leases.current
-                await leases.revoke(leases.granting or (session.id if session else 0))
+                # A grant can only have reached etcd over a connection that was up.
+                reached = self._channel.channel.get_state() is grpc.ChannelConnectivity.READY
+                if reached and not isinstance(exc, CannotConnectError):
+                    await leases.revoke(leases.granting or (session.id if session else 0))
                 self._leases = Leases(lambda: self.channel, self.options)
                 await self._channel.close()
                 self._channel = None
             raise
+
+    async def _first_contact(self, channel: EtcdChannel) -> None:
+        """Authenticate and grant the first session within the connect timeout,
+        or raise one CannotConnectError naming each endpoint and its cause."""
+        within = self.options.connect_timeout
+        try:
+            with anyio.fail_after(within):
+                await channel.authenticate(within)
+                # A read under the prefix: etcd with auth on refuses it without
+                # a user (it grants leases to anyone), so that shows here.
+                await channel.call(
+                    channel.kv.Range,
+                    rpc.RangeRequest(key=self.layout.data("/"), count_only=True, serializable=True),
+                    idempotent=True,
+                    timeout=within,
+                )
+                await self._leases.open(timeout=within)
+            return
+        except (TimeoutError, ConnectionLostError, OperationTimeoutError):
+            causes = await diagnose(self._endpoints, self._ssl_context, within, what="etcd")
+        except CoordkitError as exc:
+            refused = auth_failure(exc.__cause__ or exc)
+            if refused is None:
+                raise
+            if self._security.user is None and refused.startswith("permission denied"):
+                refused += " (no user given: etcd has auth enabled, give user and password)"
+            causes = {endpoint: refused for endpoint in channel.describe().split(",")}
+        raise CannotConnectError.tried("etcd", causes, within) from None
 
     async def _run(self, started: anyio.Event) -> None:
         async with anyio.create_task_group() as tg:

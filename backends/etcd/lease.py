@@ -97,13 +97,13 @@ class Leases:
 
     # -- grant, revoke, replace ------------------------------------------------
 
-    async def open(self) -> Session:
-        """Grant the first session."""
-        self._session = await self._grant()
+    async def open(self, timeout: float | None = None) -> Session:
+        """Grant the first session (within ``timeout`` seconds, default: the operation timeout)."""
+        self._session = await self._grant(timeout)
         log.debug("etcd session %#x granted (ttl %g s)", self._session.id, self._session.ttl)
         return self._session
 
-    async def _grant(self) -> Session:
+    async def _grant(self, timeout: float | None = None) -> Session:
         """A new lease. We choose its id, so a grant whose answer we never saw
         (cancelled, or the connection broke) can still be revoked by that id."""
         channel = self._channel()
@@ -117,6 +117,7 @@ class Leases:
                         TTL=ttl_seconds(self._options.session_ttl), ID=self.granting
                     ),
                     idempotent=False,
+                    timeout=timeout,
                 )
             except CoordkitError as exc:
                 if "lease already exists" in str(exc):
@@ -195,6 +196,7 @@ class Leases:
             if unconfirmed > session.ttl:
                 await self.replace(session, f"its lease was not renewed for {unconfirmed:.1f} s")
             channel = self._channel()
+            await channel.fresh_token()
             stream = channel.stream(channel.lease.LeaseKeepAlive)
             try:
                 await self._round_trip(stream)

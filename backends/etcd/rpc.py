@@ -16,13 +16,15 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
 import grpc
 from aetcd import rpc
 
-from coordkit.backend import BackendURL
+from coordkit.backend import BackendURL, ConnectOptions
+from coordkit.connecting import client_ssl_context, read_file
 from coordkit.errors import (
     CompactedError,
     ConfigurationError,
@@ -38,8 +40,10 @@ from coordkit.retry import RetryPolicy, describe_error
 __all__ = [
     "DEFAULT_PORT",
     "EtcdChannel",
+    "Security",
     "Stream",
     "WatchCompacted",
+    "auth_failure",
     "map_error",
     "settled",
     "target_of",
@@ -142,6 +146,8 @@ def _retryable(exc: BaseException, idempotent: bool) -> bool:
     details = exc.details() or ""
     if any(reason in details for reason in _NOT_APPLIED):
         return True
+    if _token_expired(exc):
+        return True
     return idempotent and exc.code() is grpc.StatusCode.UNAVAILABLE
 
 
@@ -159,14 +165,14 @@ def target_of(url: BackendURL) -> str:
         addresses = [(ipaddress.ip_address(host), port) for host, port in pairs]
     except ValueError as exc:
         raise ConfigurationError(
-            f"several etcd endpoints must be IP addresses (got {url.raw!r}); "
+            f"several etcd endpoints must be IP addresses (got {url.display!r}); "
             "for host names, list one name that resolves to every member"
         ) from exc
     if all(addr.version == 4 for addr, _ in addresses):
         return "ipv4:" + ",".join(f"{addr}:{port}" for addr, port in addresses)
     if all(addr.version == 6 for addr, _ in addresses):
         return "ipv6:" + ",".join(f"[{addr}]:{port}" for addr, port in addresses)
-    raise ConfigurationError(f"mixed IPv4/IPv6 endpoints are not supported: {url.raw!r}")
+    raise ConfigurationError(f"mixed IPv4/IPv6 endpoints are not supported: {url.display!r}")
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
@@ -251,15 +257,21 @@ class Stream:
     grpc finish it on this event loop.
     """
 
-    def __init__(self, call: Any) -> None:
+    def __init__(self, call: Any, on_error: Callable[[BaseException], None] | None = None) -> None:
         self.call = call
         self._reading: asyncio.Future[Any] | None = None
+        self._on_error = on_error
 
     def done(self) -> bool:
         return bool(self.call.done())
 
     async def write(self, request: Any) -> None:
-        await settled(self.call.write(request), self.call, until_call_ends=True)
+        try:
+            await settled(self.call.write(request), self.call, until_call_ends=True)
+        except grpc.aio.AioRpcError as exc:
+            if self._on_error is not None:
+                self._on_error(exc)
+            raise
 
     async def read(self, *, keep_on_cancel: bool = False) -> Any:
         """The next message, or ``grpc.aio.EOF`` at the end of the stream."""
@@ -280,7 +292,12 @@ class Stream:
                     _abandon(self.call, task)
                 raise
         self._reading = None
-        return await wait_task(task, self.call)  # done: returns or raises at once
+        try:
+            return await wait_task(task, self.call)  # done: returns or raises at once
+        except grpc.aio.AioRpcError as exc:
+            if self._on_error is not None:
+                self._on_error(exc)
+            raise
 
     async def close(self) -> None:
         """Cancel the call and wait (shielded, briefly) until grpc has finished it."""
@@ -297,21 +314,136 @@ class Stream:
                 log.exception("unexpected error while closing an etcd stream")
 
 
-class EtcdChannel:
-    """One gRPC channel to the cluster and its stubs; :meth:`call` runs a unary RPC."""
+@dataclass(frozen=True, slots=True)
+class Security:
+    """How the channel proves itself: TLS files' contents and an etcd user."""
 
-    def __init__(self, target: str, timeout: float, retry: RetryPolicy | None = None) -> None:
+    #: PEM bytes of the CA (None: the system's CAs), client certificate and key.
+    ca: bytes | None = None
+    cert: bytes | None = None
+    key: bytes | None = None
+    tls: bool = False
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_options(cls, options: ConnectOptions) -> Security:
+        """Read the TLS files of ``options`` (a ConfigurationError names an unusable one)."""
+
+        def read(path: str | None, what: str) -> bytes | None:
+            return None if path is None else read_file(path, what)
+
+        if options.tls:
+            # Checks the files now (missing, not PEM, key not matching) with a clear
+            # error, instead of grpc failing every connection attempt later.
+            client_ssl_context(options)
+        return cls(
+            ca=read(options.tls_ca, "tls_ca"),
+            cert=read(options.tls_cert, "tls_cert"),
+            key=read(options.tls_key, "tls_key"),
+            tls=options.tls,
+            user=options.user,
+            password=options.password,
+        )
+
+
+def auth_failure(exc: BaseException) -> str | None:
+    """Why etcd refused our credentials (None: it did not)."""
+    if not isinstance(exc, grpc.aio.AioRpcError):
+        return None
+    details = exc.details() or ""
+    if "authentication failed" in details or "invalid user ID or password" in details:
+        return "authentication failed: wrong user or password"
+    if "user name is empty" in details or "user name not found" in details:
+        return "authentication required: etcd has auth enabled (give user and password)"
+    if "authentication is not enabled" in details:
+        return "authentication is not enabled on this etcd (drop user and password)"
+    if exc.code() is grpc.StatusCode.PERMISSION_DENIED:
+        return f"permission denied: {details}"
+    return None
+
+
+def _first_host(target: str) -> str | None:
+    """The first address of an ``ipv4:``/``ipv6:`` address list (None: one endpoint)."""
+    for scheme in ("ipv4:", "ipv6:"):
+        if target.startswith(scheme):
+            first = target.removeprefix(scheme).split(",")[0]
+            return first.rpartition(":")[0].strip("[]")
+    return None
+
+
+def _token_expired(exc: BaseException) -> bool:
+    return isinstance(exc, grpc.aio.AioRpcError) and "invalid auth token" in (exc.details() or "")
+
+
+class EtcdChannel:
+    """One gRPC channel to the cluster and its stubs; :meth:`call` runs a unary RPC.
+
+    With :class:`Security` it speaks TLS (grpc's own TLS, with the given CA and
+    client certificate) and, with a user, authenticates (:meth:`authenticate`)
+    and sends etcd's token with every call and stream, authenticating again
+    when etcd says the token expired.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        timeout: float,
+        retry: RetryPolicy | None = None,
+        security: Security | None = None,
+    ) -> None:
         self.target = target
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
-        self.channel = grpc.aio.insecure_channel(target, options=channel_options(self.retry))
+        self.security = security or Security()
+        options = channel_options(self.retry)
+        if self.security.tls:
+            first = _first_host(target)
+            if first is not None:
+                # An address list has no one name for grpc to check the members'
+                # certificates against: it would take the whole list. Each is
+                # checked against the first address (a cluster certificate).
+                options.append(("grpc.ssl_target_name_override", first))
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=self.security.ca,
+                private_key=self.security.key,
+                certificate_chain=self.security.cert,
+            )
+            self.channel = grpc.aio.secure_channel(target, credentials, options=options)
+        else:
+            self.channel = grpc.aio.insecure_channel(target, options=options)
         self.kv = rpc.KVStub(self.channel)
         self.lease = rpc.LeaseStub(self.channel)
         self.watch = rpc.WatchStub(self.channel)
         self.cluster = rpc.ClusterStub(self.channel)
         self.maintenance = rpc.MaintenanceStub(self.channel)
+        self.auth = rpc.AuthStub(self.channel)
         #: the etcd member id that answered the last unary call (0: none yet).
         self.member_id = 0
+        self._token: str | None = None
+        self._token_stale = False
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("token", self._token),) if self._token else ()
+
+    async def authenticate(self, timeout: float | None = None) -> None:
+        """Get a token for the user (no-op without one); errors leave as coordkit errors."""
+        user, password = self.security.user, self.security.password
+        if user is None or password is None:
+            return
+        budget = self.timeout if timeout is None else timeout
+        call = self.auth.Authenticate(
+            rpc.AuthenticateRequest(name=user, password=password),
+            timeout=budget,
+            wait_for_ready=True,
+        )
+        try:
+            reply = await self._unary(call, idempotent=True)
+        except grpc.aio.AioRpcError as exc:
+            raise map_error(exc) from exc
+        self._token = str(reply.token)
+        self._token_stale = False
+        log.debug("authenticated to etcd as %r", user)
 
     async def call(
         self,
@@ -334,8 +466,19 @@ class EtcdChannel:
 
         async def attempt() -> Any:
             remaining = budget - (time.monotonic() - started)
-            call = method(request, timeout=max(remaining, 0.001), wait_for_ready=True)
-            return await self._unary(call, idempotent)
+            if self._token_stale:
+                await self.authenticate(max(remaining, 0.001))
+            call = method(
+                request,
+                timeout=max(remaining, 0.001),
+                wait_for_ready=True,
+                metadata=self._metadata(),
+            )
+            try:
+                return await self._unary(call, idempotent)
+            except grpc.aio.AioRpcError as exc:
+                self._note_error(exc)  # refused, not applied: safe to retry
+                raise
 
         try:
             reply = await self.retry.call(
@@ -386,7 +529,23 @@ class EtcdChannel:
     def stream(self, method: Callable[..., Any]) -> Stream:
         """Open a bidirectional stream (``watch.Watch``, ``lease.LeaseKeepAlive``)
         that etcd ends if the member loses its leader."""
-        return Stream(method(metadata=REQUIRE_LEADER, wait_for_ready=True))
+        call = method(metadata=REQUIRE_LEADER + self._metadata(), wait_for_ready=True)
+        return Stream(call, on_error=self._note_error)
+
+    def token_expired(self) -> None:
+        """etcd said our token expired: authenticate before the next call or stream."""
+        if self.security.user is not None:
+            self._token_stale = True
+
+    def _note_error(self, exc: BaseException) -> None:
+        """etcd refused a call for an expired token: authenticate before the next one."""
+        if _token_expired(exc) and self.security.user is not None:
+            self._token_stale = True
+
+    async def fresh_token(self) -> None:
+        """Authenticate again if etcd said our token expired (before opening a stream)."""
+        if self._token_stale:
+            await self.authenticate()
 
     async def close(self) -> None:
         await self.channel.close(grace=None)

@@ -35,6 +35,10 @@ _PUT, _DELETE = 0, 1
 _RESUMABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
 
+class _TokenExpired(CoordkitError):
+    """etcd refused a watch because the channel's auth token expired."""
+
+
 class EtcdWatch:
     """An async iterator of :class:`Event` for one path (or subtree).
 
@@ -142,11 +146,20 @@ class EtcdWatch:
         return int(reply.count)
 
     async def _open(self, from_revision: int | None) -> None:
+        """Open the stream; once more if etcd refused the watch for an expired token."""
+        try:
+            await self._open_once(from_revision)
+        except _TokenExpired:
+            self._backend.channel.token_expired()
+            await self._open_once(from_revision)
+
+    async def _open_once(self, from_revision: int | None) -> None:
         backend = self._backend
         key, range_end = backend.layout.watch_range(self._path, self._recursive)
         create = rpc.WatchCreateRequest(key=key, prev_kv=True, start_revision=from_revision or 0)
         if range_end is not None:
             create.range_end = range_end
+        await backend.channel.fresh_token()
         stream = backend.channel.stream(backend.channel.watch.Watch)
         try:
             with anyio.fail_after(backend.options.timeout):
@@ -159,6 +172,8 @@ class EtcdWatch:
             if reply.compact_revision:
                 raise map_error(WatchCompacted(int(reply.compact_revision)))
             if reply.canceled:
+                if "invalid auth token" in reply.cancel_reason:
+                    raise _TokenExpired(reply.cancel_reason)
                 raise CoordkitError(f"etcd refused the watch: {reply.cancel_reason}")
         except BaseException as exc:
             with anyio.CancelScope(shield=True):

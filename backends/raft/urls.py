@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coordkit.backend import Backend, BackendURL, ConnectOptions
+from coordkit.backend import Backend, BackendURL, ConnectOptions, check_options
 from coordkit.errors import ConfigurationError
-from coordkit.retry import RETRY_OPTIONS, RetryPolicy
+from coordkit.retry import RetryPolicy
 
 from .client import RaftBackend
 from .wire import Address
@@ -21,76 +21,45 @@ from .wire import Address
 __all__ = ["embedded_backend", "raft_backend"]
 
 DEFAULT_PORT = 7001
-DEFAULT_CONNECT_TIMEOUT = 5.0
 
-#: options read by coordkit.connect() itself, valid on every URL.
-_CONNECT_OPTIONS = ("session_ttl", "timeout")
-_CLIENT_OPTIONS = (
-    *_CONNECT_OPTIONS,
-    *RETRY_OPTIONS,
-    "connect_timeout",
-    "tls_ca",
-    "tls_cert",
-    "tls_key",
-)
-_EMBEDDED_OPTIONS = (*_CONNECT_OPTIONS, *RETRY_OPTIONS, "nodes", "data_dir")
-
-
-def _check_options(url: BackendURL, valid: tuple[str, ...]) -> None:
-    unknown = sorted(set(url.query) - set(valid))
-    if unknown:
-        raise ConfigurationError(
-            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
-            f"in {url.raw!r}; valid options: {', '.join(sorted(valid))}"
-        )
-
-
-def _positive(url: BackendURL, name: str, default: float) -> float:
-    raw = url.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name} must be a number, not {raw!r}") from None
-    if not value > 0:
-        raise ConfigurationError(f"{name} must be > 0, not {raw!r}")
-    return value
+#: what a raft:// URL may carry besides coordkit.connect()'s own options.
+_CLIENT_OPTIONS = ("tls_ca", "tls_cert", "tls_key")
+_EMBEDDED_OPTIONS = ("nodes", "data_dir")
 
 
 def raft_backend(url: BackendURL, options: ConnectOptions) -> Backend:
-    _check_options(url, _CLIENT_OPTIONS)
+    check_options(url, _CLIENT_OPTIONS)
     endpoints = [Address(host, port) for host, port in url.host_ports(DEFAULT_PORT)]
     if not endpoints:
-        raise ConfigurationError(f"no host:port in {url.raw!r}: raft://host:port,host:port,...")
+        raise ConfigurationError(f"no host:port in {url.display!r}: raft://host:port,host:port,...")
     ssl_context = None
-    if any(k in url.query for k in ("tls_ca", "tls_cert", "tls_key")):
+    tls_ca, tls_cert, tls_key = (_file(options, name) for name in ("tls_ca", "tls_cert", "tls_key"))
+    if tls_ca is not None or tls_cert is not None or tls_key is not None:
         from .node.tls import client_context
 
-        ssl_context = client_context(
-            _path(url, "tls_ca"), cert=_path(url, "tls_cert"), key=_path(url, "tls_key")
-        )
+        ssl_context = client_context(tls_ca, cert=tls_cert, key=tls_key)
     return RaftBackend(
         endpoints,
         options,
         ssl_context=ssl_context,
-        connect_timeout=_positive(url, "connect_timeout", DEFAULT_CONNECT_TIMEOUT),
+        connect_timeout=options.connect_timeout,
         retry=RetryPolicy.from_query(url.query),
         root=url.path,
     )
 
 
-def _path(url: BackendURL, name: str) -> Path | None:
-    raw = url.query.get(name)
-    return None if raw is None else Path(raw).expanduser()
+def _file(options: ConnectOptions, name: str) -> Path | None:
+    """A TLS file of ``options`` (coordkit.connect() fills them from the URL too)."""
+    given: str | None = getattr(options, name)
+    return None if given is None else Path(given).expanduser()
 
 
 def embedded_backend(url: BackendURL, options: ConnectOptions) -> Backend:
-    _check_options(url, _EMBEDDED_OPTIONS)
+    check_options(url, _EMBEDDED_OPTIONS)
     if len(url.hosts) > 1:
         raise ConfigurationError(
             "embedded raft URLs look like raft+embedded://[NAME][/chroot]?nodes=3&data_dir=DIR: "
-            f"{url.raw}"
+            f"{url.display}"
         )
     raw_nodes = url.query.get("nodes", "3")
     if not raw_nodes.isdigit() or not 1 <= int(raw_nodes) <= 9:
@@ -100,7 +69,7 @@ def embedded_backend(url: BackendURL, options: ConnectOptions) -> Backend:
     return EmbeddedRaftBackend(
         name=url.hosts[0] if url.hosts else "",
         nodes=int(raw_nodes),
-        data_dir=_path(url, "data_dir"),
+        data_dir=None if "data_dir" not in url.query else Path(url.query["data_dir"]).expanduser(),
         options=options,
         retry=RetryPolicy.from_query(url.query),
         root=url.path,

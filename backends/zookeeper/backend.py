@@ -28,9 +28,20 @@ from kazoo import exceptions as kx
 from kazoo.client import KazooClient
 from kazoo.protocol.states import KazooState
 from kazoo.retry import KazooRetry
+from kazoo.security import make_digest_acl
 
-from coordkit.backend import Backend, BackendURL, ConnectOptions, Session, WatchContext
+from coordkit.backend import (
+    SECURITY_OPTIONS,
+    Backend,
+    BackendURL,
+    ConnectOptions,
+    Session,
+    WatchContext,
+    check_options,
+)
+from coordkit.connecting import client_ssl_context, diagnose
 from coordkit.errors import (
+    CannotConnectError,
     ConfigurationError,
     ConnectionLostError,
     CoordkitError,
@@ -51,6 +62,7 @@ from .bridge import (
     map_error,
     missing_kazoo_internals,
     multi_failures,
+    tls_connector,
 )
 from .paths import EscapingClient, decode_path
 from .registry import WatchRegistry, session_expired_error
@@ -65,18 +77,50 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
+def _security_arguments(options: ConnectOptions) -> dict[str, Any]:
+    """KazooClient's TLS and digest-auth arguments for ``options``.
+
+    With a user, the session authenticates with ZooKeeper's ``digest`` scheme
+    and every node it creates gets an ACL giving that user, and only that
+    user, every permission (ZooKeeper accepts any digest credentials; the
+    ACLs are what a wrong password meets).
+    """
+    arguments: dict[str, Any] = {}
+    if options.tls:
+        arguments.update(
+            use_ssl=True,
+            verify_certs=True,
+            check_hostname=True,
+            ca=options.tls_ca,
+            certfile=options.tls_cert,
+            keyfile=options.tls_key,
+        )
+    if options.user is not None and options.password is not None:
+        credential = f"{options.user}:{options.password}"
+        arguments.update(
+            auth_data=[("digest", credential)],
+            default_acl=[make_digest_acl(options.user, options.password, all=True)],
+        )
+    return arguments
+
+
 class ZooKeeperBackend(Backend):
     """``zookeeper://host:port,host:port/chroot``: see the module docstring."""
 
     capabilities = frozenset({Capability.TXN_ELSE, Capability.ABORT, Capability.EXPIRE_SESSION})
 
     def __init__(self, url: BackendURL, options: ConnectOptions) -> None:
-        self._hosts = [f"{h}:{p}" for h, p in url.host_ports(DEFAULT_PORT)]
+        check_options(url, SECURITY_OPTIONS)
+        self._endpoints = url.host_ports(DEFAULT_PORT)
+        self._hosts = [f"{h}:{p}" for h, p in self._endpoints]
+        # Checks the TLS files now (a ConfigurationError naming a bad one); the
+        # context is what a failed connect probes the endpoints with.
+        self._ssl_context = client_ssl_context(options)
         if not self._hosts:
-            raise ConfigurationError(f"no ZooKeeper host in {url.raw!r}")
+            raise ConfigurationError(f"no ZooKeeper host in {url.display!r}")
         chroot = url.path.rstrip("/")
         if chroot and any(s in ("", ".", "..") for s in chroot[1:].split("/")):
-            raise ConfigurationError(f"bad chroot {url.path!r} in {url.raw!r}")
+            raise ConfigurationError(f"bad chroot {url.path!r} in {url.display!r}")
         self._chroot = chroot
         self._options = options
         self._bridge = LoopBridge()
@@ -119,6 +163,7 @@ class ZooKeeperBackend(Backend):
             ),
             command_retry=None,
             logger=self._kazoo_log,
+            **_security_arguments(self._options),
         )
         missing = missing_kazoo_internals(client)
         if missing:
@@ -126,22 +171,61 @@ class ZooKeeperBackend(Backend):
                 f"kazoo {importlib.metadata.version('kazoo')} lacks what the ZooKeeper backend "
                 f"relies on: {', '.join(missing)}; install a kazoo 2.x: pip install 'kazoo<3'"
             )
+        if self._ssl_context is not None:
+            client.handler.create_connection = tls_connector(self._ssl_context)
         self._kazoo = EscapingClient(client)
         self._watches = WatchRegistry(client, self._bridge)
         instrument_connection(client, self._watches.on_notification)
         client.add_listener(self._on_kazoo_state)
-        try:
-            await anyio.to_thread.run_sync(client.start, self._options.timeout)
-        except Exception as exc:
-            raise ConnectionLostError(
-                f"cannot connect to ZooKeeper at {self._hosts}: {exc}"
-            ) from exc
+        await self._start(client)
         self._session = Session(client.client_id[0], self._options.session_ttl)
         self._session_ready.set()
         self._connected.set()
-        if self._chroot:
-            await self._ensure_chroot()
-            client.chroot = self._chroot
+        try:
+            if self._chroot:
+                await self._ensure_chroot()
+                client.chroot = self._chroot
+            # Read the chroot once: a node whose ACL keeps this user out (a
+            # wrong password, no user given) is one clear error now.
+            await self._call(self._kazoo.get_children_async("/"))
+        except CoordkitError as exc:
+            if isinstance(exc.__cause__, kx.NoAuthError):
+                raise self._not_authorized() from None
+            raise
+
+    async def _start(self, client: Any) -> None:
+        """Start kazoo's connection; within the connect timeout it has a session,
+        or kazoo is stopped and one CannotConnectError names each endpoint and why."""
+        within = self._options.connect_timeout
+        live = client.start_async()
+        try:
+            await anyio.to_thread.run_sync(live.wait, within, abandon_on_cancel=True)
+        finally:
+            if not client.connected:
+                # Stopped (even when cancelled) the way abort() stops it: kazoo may
+                # be blocked reading a server that does not answer, which only a
+                # shut-down socket ends now.
+                self._kazoo = None
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._stop_kazoo, client, False)
+        if client.connected:
+            return
+        auth_failed = self._kazoo_log.cause.startswith("AUTH_FAILED")
+        causes = await diagnose(self._endpoints, self._ssl_context, within, what="ZooKeeper")
+        if auth_failed:
+            causes = dict.fromkeys(causes, "authentication failed: ZooKeeper refused the user")
+        raise CannotConnectError.tried("ZooKeeper", causes, within)
+
+    def _not_authorized(self) -> CannotConnectError:
+        where, endpoint = self._chroot or "/", self._kazoo_log.endpoint
+        if self._options.user is None:
+            why = f"not authorized to use {where} (no user given; its ACL needs one)"
+        else:
+            why = (
+                f"authentication failed: {self._options.user!r} may not use {where} "
+                "(wrong user or password?)"
+            )
+        return CannotConnectError(f"cannot use ZooKeeper at {endpoint}: {why}", {endpoint: why})
 
     async def _ensure_chroot(self) -> None:
         path = ""
@@ -195,7 +279,10 @@ class ZooKeeperBackend(Backend):
             hosts=f"{host[0]}:{host[1]}",
             client_id=(session_id, password),
             timeout=self._options.session_ttl,
+            **_security_arguments(self._options),
         )
+        if self._ssl_context is not None:
+            other.handler.create_connection = tls_connector(self._ssl_context)
 
         def expire() -> None:
             other.start(self._options.timeout)

@@ -23,6 +23,8 @@ import collections
 import contextlib
 import inspect
 import logging
+import socket
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -57,6 +59,7 @@ __all__ = [
     "map_error",
     "missing_kazoo_internals",
     "multi_failures",
+    "tls_connector",
 ]
 
 #: ZooKeeper's AddWatch modes (3.6+).
@@ -149,6 +152,35 @@ class KazooLog(logging.LoggerAdapter[logging.Logger]):
 
     def warn(self, msg: object, *args: Any, **kwargs: Any) -> None:  # kazoo still calls it
         self.log(logging.WARNING, msg, *args, **kwargs)
+
+
+def tls_connector(context: ssl.SSLContext) -> Callable[..., socket.socket]:
+    """A replacement for kazoo's ``handler.create_connection`` that speaks TLS
+    with ``context`` (the backend's: TLS 1.2+, the server's name checked).
+
+    kazoo's own leaves the socket open when the TLS handshake fails (a
+    ResourceWarning per attempt) and builds its context from file names; this
+    one connects, shakes hands, and closes the socket on any failure.
+    """
+
+    def create_connection(
+        address: tuple[str, int],
+        hostname: str | None = None,
+        timeout: float | None = None,
+        use_ssl: bool = False,
+        **_kazoo_tls_arguments: Any,
+    ) -> socket.socket:
+        sock = socket.create_connection(address, timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if use_ssl:
+                sock = context.wrap_socket(sock, server_hostname=hostname or address[0])
+            return sock
+        except BaseException:
+            sock.close()
+            raise
+
+    return create_connection
 
 
 def multi_failures(replies: list[Any]) -> list[tuple[int, BaseException]]:

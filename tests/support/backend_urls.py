@@ -39,8 +39,22 @@ def backend_url(request: pytest.FixtureRequest, anyio_backend: str) -> str:
 
 #: The fixtures that start (or use) a real server, by the marker of the tests using them.
 SERVER_FIXTURES = {
-    "etcd": {"etcd_server", "etcd_cluster", "etcd_private_server", "etcd_url", "etcd_cluster_url"},
-    "zookeeper": {"zookeeper_server", "zookeeper_ensemble", "zookeeper_url"},
+    "etcd": {
+        "etcd_server",
+        "etcd_cluster",
+        "etcd_private_server",
+        "etcd_url",
+        "etcd_cluster_url",
+        "etcd_secure_server",
+        "etcd_secure_url",
+    },
+    "zookeeper": {
+        "zookeeper_server",
+        "zookeeper_ensemble",
+        "zookeeper_url",
+        "zookeeper_secure_server",
+        "zookeeper_secure_url",
+    },
 }
 
 

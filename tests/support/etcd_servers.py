@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -29,6 +30,9 @@ from typing import Any
 
 import anyio
 import pytest
+from certs import TestPKI
+
+from coordkit.backends.raft.node.tls import TLSFiles
 
 AsyncTest = Callable[..., Awaitable[None]]
 
@@ -38,6 +42,8 @@ MISSING_ETCD = "etcd is not installed: apt-get install etcd-server etcd-client"
 MISSING_CLIENT = "the etcd client library is missing: pip install 'coordkit[etcd]'"
 TRIO_SKIP = "etcd backend: grpc.aio (the transport under aetcd) runs on asyncio only"
 START_TIMEOUT = 20.0
+#: seconds an idle auth token of the secure etcd lives (etcd's --auth-token-ttl).
+AUTH_TOKEN_TTL = 2
 
 
 def bounded(seconds: float) -> Callable[[AsyncTest], AsyncTest]:
@@ -83,10 +89,15 @@ class EtcdMember:
     initial_cluster: str = ""
     process: subprocess.Popen[bytes] | None = None
     started_once: bool = False
+    #: serve clients over TLS with these files (the CA checks client certificates).
+    tls: TLSFiles | None = None
+    #: the client certificate the fixture itself (health checks, etcdctl) uses.
+    client_tls: TLSFiles | None = None
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -116,6 +127,17 @@ class EtcdMember:
             "--logger", "zap",
             "--log-level", "error",
         ]  # fmt: skip
+        if self.tls is not None:
+            assert self.tls.ca is not None
+            args += [
+                "--cert-file", str(self.tls.cert),
+                "--key-file", str(self.tls.key),
+                "--trusted-ca-file", str(self.tls.ca),
+                "--client-cert-auth",
+                # Tokens expire after 2 idle seconds (300 by default), so the
+                # tests meet expired tokens, which the client must renew.
+                "--auth-token-ttl", str(AUTH_TOKEN_TTL),
+            ]  # fmt: skip
         log = (self.data_dir.parent / f"{self.name}.log").open("ab")
         with log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
@@ -147,8 +169,14 @@ class EtcdMember:
         self.process.send_signal(signal.SIGCONT)
 
     def healthy(self) -> bool:
+        context = None
+        if self.client_tls is not None:
+            assert self.client_tls.ca is not None
+            context = ssl.create_default_context(cafile=str(self.client_tls.ca))
+            context.load_cert_chain(str(self.client_tls.cert), str(self.client_tls.key))
         try:
-            with urllib.request.urlopen(f"{self.client_url}/health", timeout=1) as reply:
+            url = f"{self.client_url}/health"
+            with urllib.request.urlopen(url, timeout=1, context=context) as reply:
                 return bool(json.load(reply).get("health") == "true")
         except (OSError, urllib.error.URLError, ValueError):
             return False
@@ -169,6 +197,8 @@ class EtcdCluster:
     """A set of members started together; ``endpoints`` is the ``h:p,h:p`` host list."""
 
     members: list[EtcdMember] = field(default_factory=list)
+    #: etcdctl's TLS and user flags (a secure server's).
+    etcdctl_security: list[str] = field(default_factory=list)
 
     @property
     def endpoints(self) -> str:
@@ -180,7 +210,7 @@ class EtcdCluster:
     def etcdctl(self, *args: str, timeout: float = 10) -> str:
         """Run ``etcdctl`` (API v3) against every member; return its stdout."""
         done = subprocess.run(
-            [ETCDCTL, f"--endpoints={self.endpoints}", *args],
+            [ETCDCTL, f"--endpoints={self.endpoints}", *self.etcdctl_security, *args],
             capture_output=True,
             timeout=timeout,
             check=True,
@@ -284,3 +314,71 @@ def etcd_cluster_url(anyio_backend: str, request: pytest.FixtureRequest) -> str:
     require_asyncio_and_client(anyio_backend)
     cluster: EtcdCluster = request.getfixturevalue("etcd_cluster")
     return cluster.url(f"/t-{uuid.uuid4().hex}")
+
+
+@dataclass
+class SecureEtcd:
+    """A single etcd serving TLS only, requiring client certificates, with auth enabled.
+
+    ``pki`` made its certificates (``server``, ``client``); :attr:`user` /
+    :attr:`password` is etcd's ``root`` user. The client certificate's common
+    name is no etcd user, so it grants nothing by itself.
+    """
+
+    cluster: EtcdCluster
+    pki: TestPKI
+    client: TLSFiles
+    user: str = "root"
+    password: str = "s3cret-root"
+
+    def url(self, prefix: str = "", **extra: str) -> str:
+        """An ``etcd://`` URL under ``prefix`` with the TLS files, user and password
+        (``extra`` options replace or, with a value of "", drop them)."""
+        options = {
+            "tls_ca": str(self.pki.ca_file),
+            "tls_cert": str(self.client.cert),
+            "tls_key": str(self.client.key),
+            "user": self.user,
+            "password": self.password,
+            **extra,
+        }
+        query = "&".join(f"{k}={v}" for k, v in options.items() if v)
+        return f"{self.cluster.url(prefix)}?{query}"
+
+
+@pytest.fixture(scope="session")
+def etcd_secure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureEtcd]:
+    """One etcd with TLS, client certificates and auth (``root`` user) for the whole run."""
+    if not Path(ETCD).exists():
+        pytest.skip(MISSING_ETCD)
+    pki = TestPKI(tmp_path_factory.mktemp("etcd-pki"))
+    server_files, client_files = pki.issue("etcd-server"), pki.issue("coordkit-client")
+    with tempfile.TemporaryDirectory(prefix="coordkit-etcd-tls-", dir=data_root()) as root:
+        member = EtcdMember("s0", Path(root) / "s0", free_port(), free_port())
+        member.tls, member.client_tls = server_files, client_files
+        cluster = EtcdCluster([member])
+        cluster.etcdctl_security = [
+            f"--cacert={pki.ca_file}",
+            f"--cert={client_files.cert}",
+            f"--key={client_files.key}",
+        ]
+        secure = SecureEtcd(cluster, pki, client_files)
+        try:
+            member.start()
+            member.wait_healthy()
+            cluster.etcdctl(
+                "user", "add", f"{secure.user}:{secure.password}", "--interactive=false"
+            )
+            cluster.etcdctl("auth", "enable")
+            cluster.etcdctl_security.append(f"--user={secure.user}:{secure.password}")
+            yield secure
+        finally:
+            cluster.stop()
+
+
+@pytest.fixture
+def etcd_secure_url(anyio_backend: str, request: pytest.FixtureRequest) -> str:
+    """A fresh key prefix on the secure etcd, with every TLS and auth option in the URL."""
+    require_asyncio_and_client(anyio_backend)
+    server: SecureEtcd = request.getfixturevalue("etcd_secure_server")
+    return server.url(f"/t-{uuid.uuid4().hex}")

@@ -24,10 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from certs import TestPKI
+from cryptography.hazmat.primitives import serialization
+
+from coordkit.backends.raft.node.tls import TLSFiles
 
 ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")
 # The jar's manifest names its dependencies; slf4j-nop keeps the log quiet.
 SLF4J_NOP_JAR = Path("/usr/share/java/slf4j-nop.jar")
+# The Netty server (the TLS port) also needs Netty's codecs, which the manifest omits.
+NETTY_CODEC_JAR = Path("/usr/share/java/netty-codec.jar")
 TICK_MS = 200
 START_TIMEOUT = 30.0
 INSTALL_HINT = "install the Debian packages 'zookeeper' and 'default-jre-headless'"
@@ -88,7 +94,9 @@ class ZooKeeperServer:
         cfg = self.data_dir / "zoo.cfg"
         cfg.write_text(self.config)
         log = (self.data_dir / "server.log").open("ab")
-        classpath = os.pathsep.join(str(p) for p in (ZOOKEEPER_JAR, SLF4J_NOP_JAR) if p.exists())
+        classpath = os.pathsep.join(
+            str(p) for p in (ZOOKEEPER_JAR, SLF4J_NOP_JAR, NETTY_CODEC_JAR) if p.exists()
+        )
         self.process = subprocess.Popen(
             [
                 java,
@@ -254,3 +262,86 @@ def zookeeper_ensemble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zoo
 def zookeeper_url(zookeeper_server: ZooKeeperEnsemble) -> str:
     """An isolated URL: a fresh chroot on the session's standalone server."""
     return zookeeper_server.url()
+
+
+@dataclass
+class SecureZooKeeper:
+    """A standalone server with a TLS client port (Netty, client certificates
+    required) besides its plain one, which only the fixture's health checks use.
+
+    ``pki`` made the certificates; :attr:`user`/:attr:`password` is the digest
+    user that the secure URLs authenticate as (ZooKeeper accepts any digest
+    credentials: the ACLs the backend sets on what it creates are what keep
+    another user, or a wrong password, out).
+    """
+
+    ensemble: ZooKeeperEnsemble
+    secure_port: int
+    pki: TestPKI
+    client: TLSFiles
+    user: str = "alice"
+    password: str = "s3cret-alice"
+
+    def url(self, chroot: str | None = None, **extra: str) -> str:
+        """A ``zookeeper://`` URL of the TLS port with the TLS files, user and password
+        (``extra`` options replace or, with a value of "", drop them)."""
+        path = chroot if chroot is not None else f"/t-{uuid.uuid4().hex}"
+        options = {
+            "tls_ca": str(self.pki.ca_file),
+            "tls_cert": str(self.client.cert),
+            "tls_key": str(self.client.key),
+            "user": self.user,
+            "password": self.password,
+            **extra,
+        }
+        query = "&".join(f"{k}={v}" for k, v in options.items() if v)
+        return f"zookeeper://127.0.0.1:{self.secure_port}{path}?{query}"
+
+
+def _tls_config(server: TLSFiles, secure_port: int, directory: Path) -> str:
+    """zoo.cfg lines for a TLS client port with PEM files (ZooKeeper 3.5+)."""
+    assert server.ca is not None
+    # ZooKeeper wants the key (PKCS#8) and the chain in one file.
+    key = serialization.load_pem_private_key(server.key.read_bytes(), password=None)
+    pkcs8 = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    key_store = directory / "server-keystore.pem"
+    key_store.write_bytes(pkcs8 + server.cert.read_bytes())
+    return (
+        "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory\n"
+        f"secureClientPort={secure_port}\n"
+        "secureClientPortAddress=127.0.0.1\n"
+        f"ssl.keyStore.location={key_store}\n"
+        "ssl.keyStore.type=PEM\n"
+        f"ssl.trustStore.location={server.ca}\n"
+        "ssl.trustStore.type=PEM\n"
+        "ssl.clientAuth=need\n"
+    )
+
+
+@pytest.fixture(scope="session")
+def zookeeper_secure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureZooKeeper]:
+    """A standalone ZooKeeper with a TLS client port, for the whole test session."""
+    _java()
+    root = tmp_path_factory.mktemp("zookeeper-tls")
+    pki = TestPKI(root / "pki")
+    server_files, client_files = pki.issue("zookeeper-server"), pki.issue("coordkit-client")
+    port, secure_port = free_ports(2)
+    data_dir = root / "zk1"
+    data_dir.mkdir(parents=True)
+    config = _base_config(data_dir, port) + _tls_config(server_files, secure_port, data_dir)
+    ensemble = ZooKeeperEnsemble([ZooKeeperServer(1, port, data_dir, config)])
+    try:
+        ensemble.start()
+        yield SecureZooKeeper(ensemble, secure_port, pki, client_files)
+    finally:
+        ensemble.stop()
+
+
+@pytest.fixture
+def zookeeper_secure_url(zookeeper_secure_server: SecureZooKeeper) -> str:
+    """A fresh chroot on the TLS port, with every TLS and digest-auth option in the URL."""
+    return zookeeper_secure_server.url()

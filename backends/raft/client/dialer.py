@@ -9,15 +9,14 @@ out, name not resolved, TLS failure, no leader elected).
 
 from __future__ import annotations
 
-import errno
 import logging
-import socket
 import ssl
 from typing import Any
 
 import anyio
 
-from coordkit.errors import ConnectionLostError
+from coordkit.connecting import describe_connect_error as describe_os_error
+from coordkit.errors import CannotConnectError, ConnectionLostError
 from coordkit.retry import RetryPolicy
 
 from ..protocol import Op as RequestOp
@@ -63,7 +62,7 @@ class Dialer:
     async def connect_leader(self) -> tuple[FrameStream, str, str]:
         """A greeted connection to the current leader: ``(stream, node name, address)``.
 
-        Raises :class:`ConnectionLostError` naming every endpoint and its cause
+        Raises :class:`CannotConnectError` naming every endpoint and its cause
         if no leader is reachable within the connect timeout.
         """
         causes: dict[str, str] = {}
@@ -79,11 +78,9 @@ class Dialer:
             pass
         except (ConnectionLostError, _NoLeaderYet):
             pass
-        tried = "; ".join(f"{addr} ({cause})" for addr, cause in causes.items())
-        raise ConnectionLostError(
-            f"cannot reach the leader of the raft cluster within {self._timeout} s: "
-            f"tried {tried or ', '.join(map(str, self.endpoints))}"
-        )
+        for endpoint in self.endpoints:
+            causes.setdefault(str(endpoint), "not tried: the connect timeout ran out first")
+        raise CannotConnectError.tried("the leader of the raft cluster", causes, self._timeout)
 
     async def _one_round(self, causes: dict[str, str]) -> tuple[FrameStream, str, str]:
         order = list(self.endpoints)
@@ -97,6 +94,9 @@ class Dialer:
             if endpoint in seen:
                 continue
             seen.add(endpoint)
+            # What it stays if the connect timeout ends this attempt (a node
+            # that accepts the connection and never answers).
+            causes.setdefault(str(endpoint), "timed out")
             try:
                 stream, _ = await connect(
                     endpoint, _HELLO, ssl_context=self._ssl, timeout=min(self._timeout, 2.0)
@@ -161,20 +161,6 @@ async def _close(stream: FrameStream) -> None:
 
 def describe_connect_error(exc: BaseException) -> str:
     """A short cause: refused, timed out, name not resolved, TLS failure, ..."""
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS failure: {exc.reason or exc}"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, socket.gaierror):
-        return "name not resolved"
     if isinstance(exc, HandshakeError):
         return str(exc)
-    if isinstance(exc, ConnectionRefusedError) or getattr(exc, "errno", None) == errno.ECONNREFUSED:
-        return "connection refused"
-    if isinstance(exc, OSError) and exc.__class__.__name__ == "OSError" and exc.args:
-        # anyio groups the errors of every address it tried into one OSError.
-        text = str(exc)
-        if "refused" in text.lower():
-            return "connection refused"
-        return text
-    return f"{type(exc).__name__}: {exc}"
+    return describe_os_error(exc)
