@@ -13,6 +13,7 @@ from collections import Counter
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from recipe_support import clients  # tests/support
 
@@ -22,8 +23,8 @@ from coordkit.recipes import Queue, QueueItem
 pytestmark = pytest.mark.anyio
 
 PATH = "/queues/cancelled"
-ITEMS = 120
-CONSUMERS = 8
+ITEMS = 30
+CONSUMERS = 5
 DEADLINES = [0.0, 0.0002, 0.001, 0.002, 0.005, 0.01, 0.03]
 
 
@@ -105,7 +106,7 @@ async def test_randomly_cancelled_gets_never_lose_an_item(backend_url: str, ack:
     assert sum(cancelled.values()) > 0, "no get was cancelled: the test proved nothing"
 
 
-async def _values_left(client: Any, ack: bool) -> list[bytes]:
+async def _values_left(client: Any, ack: bool = False) -> list[bytes]:
     """The items still queued; in ack mode, none may be claimed by a live consumer."""
     items, claims = f"{PATH}/items", f"{PATH}/claims"
     try:
@@ -124,3 +125,72 @@ async def _values_left(client: Any, ack: bool) -> list[bytes]:
         if node is not None:
             values.append(node.value)
     return values
+
+
+@pytest.mark.parametrize("ack", [False, True], ids=["plain", "ack"])
+@pytest.mark.parametrize("path", ["fast", "waiting"])
+async def test_a_get_cancelled_during_its_take_still_returns_the_item(
+    backend_url: str, ack: bool, path: str
+) -> None:
+    """The cancellation arrives exactly while the take is in flight (deterministic).
+
+    The caller's cancel scope is cancelled inside the client call that takes
+    the item (a delete, or the claim's transaction), after the backend applied
+    it and before the reply is back: ``get`` must return the item, with the cancellation landing at
+    the caller's next await. ``waiting``: the get found the queue empty and
+    was woken by its watch, so the take happens inside the watch.
+    """
+    async with clients(backend_url, 2) as (consumer, producer):
+        queue: Queue[Any] = Queue(consumer, PATH, ack=ack)
+        scope = anyio.CancelScope()
+        take_call = "txn" if ack else "delete"
+        real = getattr(consumer, take_call)
+
+        async def cancelling_take(*args: Any, **kwargs: Any) -> Any:
+            result = await real(*args, **kwargs)  # the server has taken the item...
+            scope.cancel()  # ...and the caller is cancelled while the reply comes back
+            await anyio.lowlevel.checkpoint()
+            return result
+
+        setattr(consumer, take_call, cancelling_take)
+        got: list[Any] = []
+        if path == "fast":
+            await Queue(producer, PATH).put(b"x")
+
+        async def get() -> None:
+            with scope:
+                got.append(await queue.get())
+                await anyio.sleep_forever()  # the pending cancellation lands here
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(get)
+                if path == "waiting":
+                    await _wait_until_watching(consumer)
+                    await Queue(producer, PATH).put(b"x")
+        setattr(consumer, take_call, real)
+        assert scope.cancelled_caught
+        values = [g.value if isinstance(g, QueueItem) else g for g in got]
+        if ack and got:
+            assert await Queue(producer, PATH, ack=True).size() == 0, "the claim was dropped"
+            await got[0].ack()  # received and claimed: the ack removes it
+        left = await _values_left(producer, ack)  # in ack mode: no claim left dangling
+        assert values + left == [b"x"], f"received {values}, still queued {left}"
+
+
+async def _wait_until_watching(client: Any) -> None:
+    """Return once the consumer's get has opened its watch and found nothing (a listing)."""
+    opened = anyio.Event()
+    real_watch = client.watch
+
+    def watch(*args: Any, **kwargs: Any) -> Any:
+        opened.set()
+        return real_watch(*args, **kwargs)
+
+    client.watch = watch
+    try:
+        await opened.wait()
+    finally:
+        client.watch = real_watch
+    # The get lists the queue once inside the watch before it waits; the put
+    # below lands either before that listing (taken then) or after (woken).
