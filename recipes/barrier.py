@@ -142,7 +142,7 @@ class DoubleBarrier:
             raise RecipeStateError(f"already entered the double barrier {self.path}")
         entered = False
         try:
-            with anyio.move_on_after(timeout):
+            with anyio.move_on_after(None if timeout == 0 else timeout):
                 entered = await self._enter(wait=timeout != 0)
         finally:
             if not entered:
@@ -180,7 +180,7 @@ class DoubleBarrier:
         False if others are still to leave.
         """
         timeout = check_timeout(timeout)
-        with anyio.move_on_after(timeout):
+        with anyio.move_on_after(None if timeout == 0 else timeout):
             if await self._leave(wait=timeout != 0):
                 self.participating = False
                 return True
