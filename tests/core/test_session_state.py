@@ -52,7 +52,9 @@ async def test_expiry_reports_lost_then_a_new_connected_session(backend_url: str
         old = client.session
         assert client.session_state is S.CONNECTED
         heard: list[SessionChange] = []
+        kept: list[SessionChange] = []
         remove = client.add_session_listener(heard.append)
+        client.add_session_listener(kept.append)
         with anyio.fail_after(60):
             async with client.watch_session() as changes:
                 await client.expire_session()
@@ -74,6 +76,8 @@ async def test_expiry_reports_lost_then_a_new_connected_session(backend_url: str
         assert _without_connection_blips(heard) == [lost, connected], "removed, still called"
         assert [c.state for c in _without_connection_blips(also)] == [S.LOST, S.CONNECTED]
         assert also[-1].session is client.session and client.session is not new
+        states = [c.state for c in _without_connection_blips(kept)]
+        assert states == [S.LOST, S.CONNECTED] * 2, "a listener did not follow the new session"
 
 
 async def test_closing_the_client_reports_lost_and_ends_the_stream(backend_url: str) -> None:
