@@ -82,8 +82,9 @@ async def acquire(holder: Any) -> None:
         assert await holder.acquire()
 
 
-@pytest.mark.parametrize("how", ["delete", "txn"])
-@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize(
+    ("recipe", "how"), [(recipe, "delete") for recipe in RECIPES] + [("lock", "txn")]
+)
 async def test_a_holder_whose_node_is_deleted_is_cancelled_and_the_next_one_gets_it(
     backend_url: str, recipe: str, how: str
 ) -> None:
