@@ -255,10 +255,13 @@ class MemoryBackend(Backend):
         self._shared.owners[session_id] = self._session_ended
 
     def _session_ended(self) -> None:
-        if self._session is not None:
-            self._session.mark_lost()
+        old = self._session
+        if old is not None:
+            old.mark_lost()
         if self._open:  # carry on with a fresh session, as a ZooKeeper client does
             self._start_session()
+            if old is not None:
+                old.hand_over(self.session)  # its listeners follow the new session
 
     @property
     def session(self) -> Session:

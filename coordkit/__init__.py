@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from .backend import Backend, BackendURL, ConnectOptions, Session, SessionState
+from .backend import (
+    Backend,
+    BackendURL,
+    ConnectOptions,
+    Session,
+    SessionChange,
+    SessionState,
+)
 from .client import Client, connect
 from .errors import (
     BadVersionError,
@@ -64,6 +71,7 @@ __all__ = [
     "RecipeStateError",
     "RetryPolicy",
     "Session",
+    "SessionChange",
     "SessionExpiredError",
     "SessionState",
     "SetOp",

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ __all__ = [
     "BackendURL",
     "ConnectOptions",
     "Session",
+    "SessionChange",
+    "SessionListener",
     "SessionState",
     "WatchContext",
     "check_options",
@@ -60,14 +63,40 @@ __all__ = [
 
 WatchContext = AbstractAsyncContextManager[AsyncIterator[Event]]
 
+log = logging.getLogger("coordkit.session")
+
 
 class SessionState(enum.Enum):
-    #: the backend confirms the session is alive.
+    """A session's state, and the changes a client reports (:class:`SessionChange`).
+
+    :attr:`Session.state` is CONNECTED, SUSPENDED or LOST; RESTORED is only
+    ever a change: the session it names is CONNECTED again.
+    """
+
+    #: the backend confirms the session is alive. As a change: a new session
+    #: is in place (the replacement of a lost one).
     CONNECTED = "connected"
     #: the connection is down; the session may still be alive on the server.
     SUSPENDED = "suspended"
     #: the session has expired or was closed; its ephemeral nodes are gone.
     LOST = "lost"
+    #: as a change only: the connection came back and the session survived
+    #: (its ephemeral nodes, locks and leadership are intact).
+    RESTORED = "restored"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionChange:
+    """One change of a client's session state, as listeners receive it."""
+
+    #: CONNECTED (a new session), SUSPENDED, RESTORED or LOST.
+    state: SessionState
+    #: the session it happened to (for CONNECTED: the new one).
+    session: Session
+
+
+#: A callback for :meth:`Session.add_listener`; called on the event loop.
+SessionListener = Callable[[SessionChange], None]
 
 
 class Session:
@@ -82,7 +111,10 @@ class Session:
     :meth:`wait_lost`.
 
     The ``mark_*`` methods return whether the state changed, so a backend
-    logs each change once however often it reports the same state.
+    logs each change once however often it reports the same state. Each
+    change is also reported to the listeners (:meth:`add_listener`), which a
+    session shares with the sessions that replace it: a listener follows the
+    client across session losses.
     """
 
     def __init__(self, session_id: int, ttl: float) -> None:
@@ -92,6 +124,32 @@ class Session:
         self._lost = anyio.Event()
         self._successor: Session | None = None
         self._replaced = anyio.Event()
+        self._listeners: list[SessionListener] = []
+
+    def add_listener(self, listener: SessionListener) -> None:
+        """Call ``listener(change)`` on every later change of this session and its successors.
+
+        Listeners run on the event loop, synchronously, in the backend's
+        code: keep them short and never block (hand the change to a task,
+        as :meth:`coordkit.Client.watch_session` does). One that raises is
+        logged and kept.
+        """
+        if not callable(listener):
+            raise TypeError(f"listener must be callable, not {type(listener).__name__}")
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: SessionListener) -> None:
+        """Stop calling ``listener`` (a no-op if it is not registered)."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _report(self, state: SessionState, session: Session | None = None) -> None:
+        change = SessionChange(state, session or self)
+        for listener in list(self._listeners):
+            try:
+                listener(change)
+            except Exception:
+                log.exception("a session listener failed on %s", change)
 
     @property
     def lost(self) -> bool:
@@ -106,6 +164,7 @@ class Session:
         """The connection dropped; the session may live on. True if it was connected."""
         if self.state is SessionState.CONNECTED:
             self.state = SessionState.SUSPENDED
+            self._report(SessionState.SUSPENDED)
             return True
         return False
 
@@ -113,6 +172,7 @@ class Session:
         """The connection is back with this session. True if it was suspended."""
         if self.state is SessionState.SUSPENDED:
             self.state = SessionState.CONNECTED
+            self._report(SessionState.RESTORED)
             return True
         return False
 
@@ -122,13 +182,22 @@ class Session:
             return False
         self.state = SessionState.LOST
         self._lost.set()
+        self._report(SessionState.LOST)
         return True
 
     def hand_over(self, successor: Session) -> None:
-        """Record the session that replaces this one (marking this one lost first)."""
+        """Record the session that replaces this one (marking this one lost first).
+
+        The successor takes over this session's listeners, which are told
+        it is CONNECTED.
+        """
         self.mark_lost()
+        if self._successor is successor:
+            return
         self._successor = successor
+        successor._listeners = self._listeners
         self._replaced.set()
+        self._report(SessionState.CONNECTED, successor)
 
     async def wait_lost(self) -> None:
         """Return once the session has ended."""

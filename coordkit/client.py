@@ -8,15 +8,26 @@ every backend alike.
 from __future__ import annotations
 
 import logging
+import math
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from types import TracebackType
 from typing import Any
 
 import anyio
+from anyio.streams.memory import MemoryObjectSendStream
 
-from .backend import Backend, BackendURL, ConnectOptions, Session, redact_url
+from .backend import (
+    Backend,
+    BackendURL,
+    ConnectOptions,
+    Session,
+    SessionChange,
+    SessionListener,
+    SessionState,
+    redact_url,
+)
 from .config import resolve_url
 from .errors import (
     ClientClosedError,
@@ -57,6 +68,8 @@ class Client:
         self.options = options
         self._open = False
         self._aborted = False
+        #: the senders of open ``watch_session`` streams, closed with the client.
+        self._session_streams: set[MemoryObjectSendStream[SessionChange]] = set()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -85,8 +98,12 @@ class Client:
         if not self._open:
             return
         self._open = False
-        with anyio.CancelScope(shield=True):
-            await self._backend.close()
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._backend.close()
+        finally:
+            for stream in list(self._session_streams):
+                stream.close()  # after the final LOST: the watchers' loops end
         log.debug("closed the client of %s", redact_url(self.url))
 
     @property
@@ -108,6 +125,53 @@ class Client:
     def session(self) -> Session:
         """The current session; after one is lost, the backend opens a new one."""
         return self._ready().session
+
+    @property
+    def session_state(self) -> SessionState:
+        """The current session's state: CONNECTED, SUSPENDED or LOST.
+
+        LOST lasts until the backend has opened the replacement session
+        (then CONNECTED again, with a new :attr:`Session.id`).
+        """
+        return self._ready().session.state
+
+    def add_session_listener(self, listener: SessionListener) -> Callable[[], None]:
+        """Call ``listener(change)`` on every change of this client's session state.
+
+        The changes (:class:`~coordkit.SessionChange`) are SUSPENDED (the
+        connection dropped; the session may live on), RESTORED (back, the
+        same session: locks and ephemeral nodes intact), LOST (the session
+        expired or the client closed: its ephemeral nodes are gone) and
+        CONNECTED (a new session replaced a lost one). The same on every
+        backend, like Curator's ConnectionStateListener and kazoo's
+        listeners. The listener follows the client across session losses;
+        it runs on the event loop inside the backend's code, so it must not
+        block (see :meth:`watch_session` for an async stream). Returns a
+        function that removes the listener.
+        """
+        session = self._ready().session
+        session.add_listener(listener)
+        return lambda: session.remove_listener(listener)
+
+    @asynccontextmanager
+    async def watch_session(self) -> AsyncIterator[AsyncIterator[SessionChange]]:
+        """``async with client.watch_session() as changes: async for change in changes:``.
+
+        Every change of the session state from the moment the ``async with``
+        body starts (see :meth:`add_session_listener` for what each means),
+        in order, none dropped. The stream ends after the final LOST once the
+        client is closed.
+        """
+        send, receive = anyio.create_memory_object_stream[SessionChange](math.inf)
+        remove = self.add_session_listener(send.send_nowait)
+        self._session_streams.add(send)
+        try:
+            async with receive:
+                yield receive
+        finally:
+            remove()
+            self._session_streams.discard(send)
+            send.close()
 
     async def live_session(self) -> Session:
         """The current session once it is live (after a loss, the new one).

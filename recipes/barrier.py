@@ -28,7 +28,7 @@ from coordkit import (
 )
 from coordkit.paths import check_path, join
 
-from .base import delete_nodes, wait_deleted, wait_until
+from .base import check_timeout, delete_nodes, wait_deleted, wait_until
 
 __all__ = ["Barrier", "DoubleBarrier"]
 
@@ -66,7 +66,13 @@ class Barrier:
         return True
 
     async def wait(self, timeout: float | None = None) -> bool:
-        """Block until the barrier is removed (True) or ``timeout`` seconds pass (False)."""
+        """Block until the barrier is removed (True) or ``timeout`` seconds pass (False).
+
+        ``timeout=0`` looks once: True if the barrier is down now.
+        """
+        timeout = check_timeout(timeout)
+        if timeout == 0:
+            return not await self.client.exists(self.path)
         with anyio.move_on_after(timeout):
             await wait_deleted(self.client, self.path)
             return True
@@ -129,21 +135,22 @@ class DoubleBarrier:
 
         True once they have; False if ``timeout`` seconds pass first, in which
         case (as on cancellation or error) our participant node is removed.
+        ``timeout=0`` joins and looks once without waiting.
         """
+        timeout = check_timeout(timeout)
         if self.participating:
             raise RecipeStateError(f"already entered the double barrier {self.path}")
         entered = False
         try:
-            with anyio.move_on_after(timeout):
-                await self._enter()
-                entered = True
+            with anyio.move_on_after(None if timeout == 0 else timeout):
+                entered = await self._enter(wait=timeout != 0)
         finally:
             if not entered:
                 await delete_nodes(self.client, self.path, known=self._node, prefix=self.node_name)
         self.participating = entered
         return entered
 
-    async def _enter(self) -> None:
+    async def _enter(self, *, wait: bool) -> bool:
         await self.client.ensure_path(self.path)
         session = self.client.session
         with suppress(NodeExistsError):
@@ -159,35 +166,47 @@ class DoubleBarrier:
                 await self.client.create(self._ready)
             return True
 
+        if not wait:
+            return await ready()
         # Watch first, then check: a ``ready`` created in between is seen.
         await wait_until(self.client, self._ready, ready, session=session)
+        return True
 
     async def leave(self, timeout: float | None = None) -> bool:
         """Leave and wait until every participant has left.
 
         True once they have; False if ``timeout`` seconds pass first (call
-        it again to finish leaving).
+        it again to finish leaving). ``timeout=0`` leaves and looks once:
+        False if others are still to leave.
         """
-        with anyio.move_on_after(timeout):
-            await self._leave()
-            self.participating = False
-            return True
+        timeout = check_timeout(timeout)
+        with anyio.move_on_after(None if timeout == 0 else timeout):
+            if await self._leave(wait=timeout != 0):
+                self.participating = False
+                return True
         return False
 
-    async def _leave(self) -> None:
+    async def _leave(self, *, wait: bool) -> bool:
         while True:
             participants = await self._participants()
             if not participants or participants == [self.node_name]:
                 await self._last_out()
-                return
+                return True
             lowest, highest = participants[0], participants[-1]
             if lowest == self.node_name:
                 # First in order: leave last, after the others.
+                if not wait:
+                    return False
                 await wait_deleted(self.client, join(self.path, highest))
                 continue
             if self.node_name in participants:
                 with suppress(NoNodeError):
                     await self.client.delete(self._node)
+            if not wait:
+                if await self._participants():
+                    return False  # others still to leave: call again
+                await self._last_out()
+                return True
             await wait_deleted(self.client, join(self.path, lowest))
 
     async def _last_out(self) -> None:

@@ -8,38 +8,52 @@ here runs unchanged on every backend. Two rules hold throughout:
   missed (the watch is in place when ``client.watch`` returns);
 * **a waiter's own node never outlives a failed wait**: cancellation, timeout
   or error while queueing deletes the node under a shielded scope, finding it
-  by its unique prefix when the create's outcome is unknown.
+  by its unique prefix when the create's outcome is unknown;
+* **a holder holds while its own node exists**: whatever removes the node
+  other than the holder's own release (session expiry, a delete by another
+  client or an operator, a transaction) ends the hold: ``lost`` turns True,
+  ``wait_lost()`` returns and an ``async with`` body is cancelled.
 """
 
 from __future__ import annotations
 
 import abc
 import logging
+import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar, TypeVar
 
 import anyio
 
 from coordkit import (
     Client,
+    ClientClosedError,
+    CompactedError,
+    ConnectionLostError,
     CoordkitError,
     EventType,
+    InvalidArgumentError,
+    LockLostError,
     NoNodeError,
+    OperationTimeoutError,
     RecipeStateError,
     Session,
     SessionExpiredError,
     WrongTypeError,
 )
-from coordkit.holding import Holdable, cancelled_on_loss
+from coordkit.holding import Holdable
 from coordkit.paths import SEQUENCE_DIGITS, check_path, join
 from coordkit.plugins import native_recipe
 
 __all__ = [
     "Contender",
+    "Ownership",
     "SequentialLock",
+    "check_timeout",
     "delete_nodes",
     "list_contenders",
     "native_instance",
@@ -76,6 +90,30 @@ def native_instance(
     if native is None or native is generic:
         return None
     return native(client, *args, **kwargs)
+
+
+# -- timeouts ------------------------------------------------------------------------
+
+
+def check_timeout(timeout: object, name: str = "timeout") -> float | None:
+    """A recipe's ``timeout`` argument, checked: None (or infinity) waits for ever.
+
+    ``0`` is valid and means *try once without waiting* (each recipe says
+    what one try is). Anything else must be a real number ``>= 0``: a bool,
+    a string or another type raises :class:`~coordkit.WrongTypeError` (a
+    TypeError), a negative number or NaN :class:`~coordkit.InvalidArgumentError`
+    (a ValueError), both naming the parameter, before anything is changed.
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise WrongTypeError(
+            f"{name} must be a number >= 0 or None, got {type(timeout).__name__} {timeout!r}"
+        )
+    value = float(timeout)
+    if math.isnan(value) or value < 0:
+        raise InvalidArgumentError(f"{name} must be a number >= 0, got {timeout!r}")
+    return None if math.isinf(value) else value
 
 
 # -- waiting: watch, then check ------------------------------------------------------
@@ -268,6 +306,114 @@ async def _delete_quietly(client: Client, path: str) -> None:
         await client.delete(path)
 
 
+# -- ownership: held while our own node exists ----------------------------------------
+
+#: failures of the watch on a held node after which it is opened again.
+_WATCH_BROKEN = (ConnectionLostError, OperationTimeoutError, SessionExpiredError, CompactedError)
+
+
+class Ownership:
+    """One hold of a node: held while the node exists and its session lives.
+
+    A hold ends in one of two ways: the owner gives it up (:meth:`release`),
+    or it is **lost**: the session ends, or the node goes for any other
+    reason (deleted by another client or an operator, removed by a
+    transaction, the client closed or aborted under it). Only
+    :meth:`wait_lost` looks at the node, with ``node_gone`` (a watch); so
+    :attr:`lost` reflects a deleted node once a :meth:`wait_lost` (for
+    instance the one ``async with`` runs for its body) has seen it, while a
+    session loss shows at once.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        token: int,
+        session: Session,
+        node_gone: Callable[[], Awaitable[None]],
+        what: str,
+    ) -> None:
+        self.path = path
+        self.token = token
+        self.session = session
+        self.what = what
+        self._node_gone = node_gone
+        self._gone_cause: str | None = None
+        self.released = False
+        self._ended = anyio.Event()  # the node was seen gone, or we released
+
+    @property
+    def lost(self) -> bool:
+        """Whether the hold was lost (never by our own release)."""
+        return self.session.lost or self._gone_cause is not None
+
+    @property
+    def cause(self) -> str:
+        """Why the hold was lost, for messages."""
+        if self.session.lost:
+            return "the session ended"
+        return self._gone_cause or "not lost"
+
+    def release(self) -> None:
+        """The owner gives the hold up: the node's going from now on is no loss."""
+        self.released = True
+        self._ended.set()
+
+    async def wait_lost(self) -> None:
+        """Return once the hold is lost; RecipeStateError if released first."""
+        if not self.lost and not self.released:
+            async with anyio.create_task_group() as tg:
+
+                async def until(wait: Callable[[], Awaitable[object]]) -> None:
+                    await wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(until, self.session.wait_lost)
+                tg.start_soon(until, self._ended.wait)
+                tg.start_soon(until, self._watch_node)
+        if not self.lost:
+            raise RecipeStateError(f"{self.what} was released")
+
+    async def _watch_node(self) -> None:
+        try:
+            await self._node_gone()
+            cause = "its node was deleted"
+        except ClientClosedError:
+            cause = "the client was closed"
+        if not self.released and self._gone_cause is None:
+            self._gone_cause = cause
+            log.warning("%s lost: %s", self.what, cause)
+        self._ended.set()
+
+
+@asynccontextmanager
+async def cancelled_on_loss(owned: Ownership) -> AsyncIterator[None]:
+    """Run the body, cancelled once ``owned`` is lost; then raise LockLostError.
+
+    Any other exception of the body passes unchanged. Between the loss and
+    the cancellation lies the time the backend takes to tell us (a watch
+    event, a session expiry noticed): fencing tokens cover that window.
+    """
+    body_error: Exception | None = None
+    async with anyio.create_task_group() as tg:
+
+        async def cancel_on_loss() -> None:
+            with suppress(RecipeStateError):  # released: the body is over anyway
+                await owned.wait_lost()
+                tg.cancel_scope.cancel()
+
+        tg.start_soon(cancel_on_loss)
+        try:
+            yield
+        except Exception as exc:  # re-raised below, outside the task group
+            body_error = exc
+        tg.cancel_scope.cancel()
+    if body_error is not None:
+        raise body_error
+    if owned.lost:
+        raise LockLostError(f"{owned.what} lost: {owned.cause}")
+
+
 # -- the queue-of-nodes lock shared by Lock, ReadLock, WriteLock and Semaphore ---------
 
 
@@ -304,6 +450,7 @@ class SequentialLock(Holdable, abc.ABC):
         self._node: str | None = None
         self._token: int | None = None
         self._session: Session | None = None
+        self._owned: Ownership | None = None
         self._lost = False
         self._count = 0
         self._acquiring = False
@@ -335,8 +482,8 @@ class SequentialLock(Holdable, abc.ABC):
 
     @property
     def is_held(self) -> bool:
-        """Whether this object holds it: acquired, not released, session not lost."""
-        return self._node is not None and self._session is not None and not self._session.lost
+        """Whether this object holds it: acquired, not released, not :attr:`lost`."""
+        return self._node is not None and self._owned is not None and not self._owned.lost
 
     @property
     def _acquired(self) -> bool:
@@ -345,19 +492,25 @@ class SequentialLock(Holdable, abc.ABC):
 
     @property
     def lost(self) -> bool:
-        """Whether the session it was last acquired under ended while it was held.
+        """Whether the hold was lost: its session ended, or its node went otherwise.
 
+        A session loss shows at once; a node deleted by someone else shows
+        once it was seen (inside ``async with``, or by :meth:`wait_lost`).
         Stays True after :meth:`release` until the next :meth:`acquire`.
         """
-        if self._node is not None and self._session is not None:
-            return self._session.lost
+        if self._node is not None and self._owned is not None:
+            return self._owned.lost
         return self._lost
 
     async def wait_lost(self) -> None:
-        """Return once the session it is held under ends (the lock is then lost)."""
-        if self._session is None or self._node is None:
+        """Return once the hold is lost: the session ended or our node went.
+
+        Watches our own node for the wait. Raises RecipeStateError if it is
+        not held, or if it is released (by us) before it is lost.
+        """
+        if self._owned is None or self._node is None:
             raise RecipeStateError(f"{type(self).__name__} on {self.path} is not held")
-        await self._session.wait_lost()
+        await self._owned.wait_lost()
 
     async def contenders(self) -> list[str]:
         """Identifiers of every queued contender (holders first), in queue order."""
@@ -375,12 +528,21 @@ class SequentialLock(Holdable, abc.ABC):
 
         Returns False when ``timeout`` seconds pass first, or at once with
         ``blocking=False`` if it is not free; either way our node is gone.
-        Cancellation and errors delete the node too (shielded). If the
-        session ends while we wait, raises :class:`SessionExpiredError`.
+        ``timeout=0`` tries once, as ``blocking=False`` does (True if it is
+        free); a negative, NaN or non-numeric timeout raises before anything
+        is queued (see :func:`check_timeout`). Cancellation and errors delete
+        the node too (shielded). If the session ends while we wait, raises
+        :class:`SessionExpiredError`.
         """
-        if self._node is not None and self._session is not None and self._session.lost:
-            # Held under a session that has ended: the node went with it. Start afresh.
-            self._node = self._token = self._session = None
+        timeout = check_timeout(timeout)
+        if not isinstance(blocking, bool):
+            raise WrongTypeError(f"blocking must be bool, not {type(blocking).__name__}")
+        if timeout == 0:
+            blocking, timeout = False, None  # one try, bounded by the client's own timeouts
+        if self._node is not None and self._owned is not None and self._owned.lost:
+            # Held, then lost: our node is gone (with the session or otherwise). Start afresh.
+            self._owned.release()
+            self._node = self._token = self._session = self._owned = None
             self._count = 0
             self._leave()
         if self._node is not None:
@@ -434,6 +596,13 @@ class SequentialLock(Holdable, abc.ABC):
             blockers = self._blockers(queue[: names.index(node.name)])
             if not blockers:
                 self._node, self._token, self._session = node.path, node.create_revision, session
+                self._owned = Ownership(
+                    node.path,
+                    node.create_revision,
+                    session,
+                    partial(self._wait_node_gone, node.path, node.create_revision),
+                    f"{type(self).__name__} on {self.path}",
+                )
                 self._count = 1
                 return True
             if not blocking:
@@ -477,6 +646,33 @@ class SequentialLock(Holdable, abc.ABC):
             names = [b.name for b in blockers]
             await wait_any_deleted(self.client, self.path, names, session=session)
 
+    async def _wait_node_gone(self, path: str, token: int) -> None:
+        """Return once our held node at ``path`` (created at revision ``token``) is gone.
+
+        Watch, then check: the node is read once the watch is in place, so a
+        delete between the acquisition and the watch is seen. A broken watch
+        is opened again after the retry policy's wait (never giving up: the
+        caller's task group ends this wait). Raises ClientClosedError once
+        the client is closed.
+        """
+        backoff = self.client.options.retry.backoff(
+            what=f"the watch on our node {path}", logger=log
+        )
+        while True:
+            try:
+                async with self.client.watch(path) as events:
+                    node = await self.client.get(path)
+                    if node is None or node.create_revision != token:
+                        return
+                    backoff.reset()
+                    async for event in events:
+                        if event.type is EventType.DELETED:
+                            return
+                ended: Exception = ConnectionLostError(f"the watch on {path} ended")
+            except _WATCH_BROKEN as exc:
+                ended = exc
+            await backoff.wait(ended)
+
     async def _create(self, prefix: str, session: Session) -> Any:
         if session.lost:
             raise SessionExpiredError("the session ended while waiting")
@@ -501,7 +697,10 @@ class SequentialLock(Holdable, abc.ABC):
         self._count -= 1
         if self._count > 0:
             return
-        self._lost = self._session is not None and self._session.lost
+        owned, self._owned = self._owned, None
+        if owned is not None:
+            self._lost = owned.lost
+            owned.release()
         node, self._node, self._token, self._session = self._node, None, None, None
         try:
             await self._withdraw(node, "")
@@ -512,16 +711,17 @@ class SequentialLock(Holdable, abc.ABC):
 
     @asynccontextmanager
     async def _hold(self) -> AsyncIterator[None]:
-        """Hold it for the body, which is cancelled if the session ends meanwhile.
+        """Hold it for the body, which is cancelled if the hold is lost meanwhile.
 
+        Lost: the session ended or our node went (see :class:`Ownership`).
         After such a loss the body's cancellation is replaced by
         :class:`LockLostError`; any other exception of the body passes unchanged.
         """
         await self.acquire()
-        session = self._session
-        assert session is not None
+        owned = self._owned
+        assert owned is not None
         try:
-            async with cancelled_on_loss(session, f"{type(self).__name__} on {self.path}"):
+            async with cancelled_on_loss(owned):
                 yield
         finally:
             await self.release()

@@ -54,11 +54,13 @@ class Election:
       from one leader to the next: a fencing token for what the leader writes;
     * a cancelled :meth:`campaign` withdraws the candidacy (no node is left).
 
-    Session loss: a candidacy lives in the client's session. If the session
+    Loss: a candidacy is our own node in the client's session. If the session
     ends while campaigning, :meth:`campaign` raises
-    :class:`~coordkit.SessionExpiredError`; while leading, the node goes,
-    the next candidate leads, :attr:`lost` turns True and :meth:`wait_lost`
-    returns; inside ``async with`` the body is cancelled and
+    :class:`~coordkit.SessionExpiredError`; while leading, if the node goes
+    for any reason other than :meth:`resign` (the session ends, anyone
+    deletes it, a transaction removes it), the next candidate leads,
+    :attr:`lost` turns True and :meth:`wait_lost` returns; inside
+    ``async with`` the body is cancelled and
     :class:`~coordkit.LockLostError` is raised from the block. A partition
     shorter than the TTL changes nothing; a longer one elects a new leader
     on the majority side while the old one learns of its loss only when its
@@ -100,11 +102,11 @@ class Election:
 
     @property
     def lost(self) -> bool:
-        """Whether the session we led under ended while we led (True until the next campaign)."""
+        """Whether leadership was lost (session ended, node gone); True until the next campaign."""
         return self._candidacy.lost
 
     async def wait_lost(self) -> None:
-        """Return once leadership is lost (the session ended); RecipeStateError if not leading."""
+        """Return once leadership is lost (session ended, node gone); RecipeStateError if not."""
         await self._candidacy.wait_lost()
 
     # -- campaigning -----------------------------------------------------------------

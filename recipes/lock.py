@@ -35,15 +35,16 @@ class Lock(SequentialLock):
       holder that lost the lock without knowing can be refused;
     * a cancelled, failed or timed-out :meth:`acquire` leaves no node behind.
 
-    Session loss: the lock is held by the client's session. If that session
-    ends (expired after a partition longer than its TTL, or closed), the
-    node goes, the next waiter gets the lock, :attr:`lost` turns True and
-    :meth:`wait_lost` returns; inside ``async with`` the body is cancelled and
-    :class:`~coordkit.LockLostError` is raised out of the block. While the
-    connection is only suspended the lock is still held as far as the
-    servers are concerned; the holder is told only once the backend knows the
-    session is gone, so the fencing token is what protects resources across
-    a partition.
+    Loss: the lock is held while our own node exists. If it goes for any
+    reason other than :meth:`release` (the session ends after a partition
+    longer than its TTL or a close; another client, an operator or a
+    transaction deletes it), the next waiter gets the lock, :attr:`lost`
+    turns True and :meth:`wait_lost` returns; inside ``async with`` the body
+    is cancelled and :class:`~coordkit.LockLostError` is raised out of the
+    block. While the connection is only suspended the lock is still held as
+    far as the servers are concerned; the holder is told only once the news
+    arrives (a watch event, the backend knowing the session is gone), so the
+    fencing token is what protects resources across that window.
 
     ``reentrant=True`` lets this object acquire again while it holds the lock,
     counting levels (the count belongs to the object, not to a task); without

@@ -45,6 +45,8 @@ from coordkit import (
 from coordkit.paths import check_path, join, sequence_of
 from coordkit.txn import Op
 
+from .base import check_timeout
+
 __all__ = ["MAX_PRIORITY", "MIN_PRIORITY", "Queue", "QueueItem"]
 
 #: The lowest (most urgent) priority a ``put`` accepts.
@@ -223,11 +225,22 @@ class Queue(Generic[T]):
         """Take the first available item, waiting until there is one.
 
         Returns the item's bytes, or in ack mode a :class:`QueueItem`. Raises
-        :class:`TimeoutError` after ``timeout`` seconds without an item. A
-        timed-out or cancelled ``get`` takes nothing on an in-process backend;
-        over a network a take whose reply was lost is lost with it (no-ack
-        mode) or redelivered once the session ends (ack mode).
+        :class:`TimeoutError` after ``timeout`` seconds without an item;
+        ``timeout=0`` looks once (a linearizable listing) and raises
+        TimeoutError at once if nothing is there.
+
+        Cancellation never loses an item: the take itself is shielded, and an
+        item taken while the caller was being cancelled is still returned
+        (the cancellation then lands at the caller's next await). Only a take
+        whose reply is lost in a partition has an unknown outcome: lost with
+        it in no-ack mode, redelivered once the session ends in ack mode.
         """
+        timeout = check_timeout(timeout)
+        if timeout == 0:
+            taken = await self._try_take(consistent=True)
+            if taken is None:
+                raise TimeoutError(f"no item in the queue {self.path}")
+            return taken
         with anyio.fail_after(timeout):
             # Fast path: a possibly stale listing costs at most a wasted try.
             taken = await self._try_take(consistent=False)

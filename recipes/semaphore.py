@@ -47,8 +47,9 @@ class Semaphore(SequentialLock):
     one records it on the path node and a different value raises
     :class:`~coordkit.InvalidArgumentError` on :meth:`acquire`.
 
-    Session loss: as with :class:`~coordkit.recipes.Lock`, the lease goes
-    with the session; :attr:`lost` turns True, :meth:`wait_lost` returns, and
+    Loss: as with :class:`~coordkit.recipes.Lock`, the lease is held while
+    its node exists (the session ending, a delete by anyone, a transaction
+    end it); :attr:`lost` turns True, :meth:`wait_lost` returns, and
     inside ``async with`` the body is cancelled and
     :class:`~coordkit.LockLostError` raised. During a partition the holder
     keeps the lease until the backend declares the session lost.

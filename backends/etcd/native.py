@@ -32,7 +32,13 @@ import anyio
 import grpc
 from aetcd import rpc
 
-from coordkit import Client, ConnectionLostError, CoordkitError, SessionExpiredError
+from coordkit import (
+    Client,
+    ConnectionLostError,
+    CoordkitError,
+    OperationTimeoutError,
+    SessionExpiredError,
+)
 from coordkit.backend import Session
 from coordkit.model import Node
 from coordkit.paths import join
@@ -55,7 +61,7 @@ log = logging.getLogger(__name__)
 _NOPUT = rpc.WatchCreateRequest.FilterType.NOPUT
 _DELETE = 1  # etcd's mvccpb.Event.DELETE
 #: A watch stream that broke: the member went away or lost its leader.
-_BROKEN = (grpc.aio.AioRpcError, ConnectionLostError)
+_BROKEN = (grpc.aio.AioRpcError, ConnectionLostError, OperationTimeoutError)
 
 
 class EtcdLock(Lock):
@@ -169,6 +175,31 @@ class EtcdLock(Lock):
                 await backoff.wait(exc)  # then the queue is read again
 
         await unless_session_lost(wait, session)
+
+    async def _wait_node_gone(self, path: str, token: int) -> None:
+        """Return once our held key (``path`` names its lease hex) is gone.
+
+        A watch on deletes of the key from just after its creation, so a
+        delete before the watch opened is seen too; a watch that ends without
+        saying (compacted, cancelled by etcd) is followed by a read and a new
+        watch from the read's revision. Broken streams are retried after the
+        retry policy's wait.
+        """
+        key = self.prefix + path.rsplit("/", 1)[1].encode()
+        after = token
+        backoff = self.client.options.retry.backoff(what=f"etcd watch on {key!r}", logger=log)
+        while True:
+            try:
+                await _deleted_after(self.backend, key, after)
+                reply = await self.backend.read(ops.range_op(key))
+            except _BROKEN as exc:
+                await backoff.wait(exc)
+                continue
+            found = ops.kvs(reply.responses[0])
+            if not found or int(found[0].create_revision) != token:
+                return
+            after = int(reply.header.revision)
+            backoff.reset()
 
     async def _withdraw(self, known: str | None, prefix: str) -> None:
         """Delete our key (shielded; if etcd is unreachable the lease takes it)."""

@@ -360,7 +360,9 @@ class RaftBackend(Backend):
     async def _start_session(self) -> None:
         ttl = self.options.session_ttl
         reply = await self._call({"op": RequestOp.OPEN_SESSION, "ttl": ttl})
-        self._session = Session(int(reply.header["sid"]), ttl)
+        old, self._session = self._session, Session(int(reply.header["sid"]), ttl)
+        if old is not None:
+            old.hand_over(self._session)  # its listeners follow the new session
         self._seq = 0
         self._unacked.clear()
         self._last_kept = time.monotonic()
