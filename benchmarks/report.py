@@ -26,6 +26,15 @@ class Metric:
     unit: str
     better: str  # "higher" or "lower"
     digits: int = 1
+    aim: float | None = None  # the issue's aim for the aimed backend (Report.aimed)
+
+    def met(self, value: float) -> bool:
+        assert self.aim is not None
+        return value >= self.aim if self.better == "higher" else value <= self.aim
+
+    def aim_text(self) -> str:
+        assert self.aim is not None
+        return f"{'>=' if self.better == 'higher' else '<='} {self.aim:g}"
 
 
 @dataclass
@@ -33,8 +42,9 @@ class Report:
     script: str
     runs: int
     quick: bool
-    reference: str
+    reference: str  # ratios to this backend's medians ("": no ratios)
     metrics: list[Metric]
+    aimed: str = "raft"  # the backend the metrics' aims are for
     backends: list[str] = field(default_factory=list)
     values: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -52,14 +62,15 @@ class Report:
 
     def table(self) -> str:
         width = max(12, *(len(b) for b in self.backends)) + 9
-        head = f"{'metric':<34}" + "".join(f"{b:>{width}}" for b in self.backends)
-        lines = [
-            f"{self.script}: median of {self.runs} run(s); (xR) = ratio to {self.reference}",
-            head,
-        ]
+        aims = any(m.aim is not None for m in self.metrics)
+        head = f"{'metric':<36}" + "".join(f"{b:>{width}}" for b in self.backends)
+        if aims:
+            head += f"  aim for {self.aimed}"
+        ratios = f"; (xR) = ratio to {self.reference}" if self.reference else ""
+        lines = [f"{self.script}: median of {self.runs} run(s){ratios}", head]
         for metric in self.metrics:
             cells = []
-            base = self.median(self.reference, metric.key)
+            base = self.median(self.reference, metric.key) if self.reference else None
             for backend in self.backends:
                 value = self.median(backend, metric.key)
                 if value is None:
@@ -67,7 +78,12 @@ class Report:
                     continue
                 ratio = f" (x{value / base:.2f})" if base else ""
                 cells.append(f"{value:.{metric.digits}f}{ratio}".rjust(width))
-            lines.append(f"{metric.title + ' [' + metric.unit + ']':<34}" + "".join(cells))
+            line = f"{metric.title + ' [' + metric.unit + ']':<36}" + "".join(cells)
+            if metric.aim is not None:
+                aimed = self.median(self.aimed, metric.key)
+                verdict = "-" if aimed is None else "met" if metric.met(aimed) else "not met"
+                line += f"  {metric.aim_text()}: {verdict}"
+            lines.append(line)
         lines.extend(f"note: {note}" for note in self.notes)
         return "\n".join(lines)
 
@@ -77,6 +93,7 @@ class Report:
             "runs": self.runs,
             "quick": self.quick,
             "reference": self.reference,
+            "aimed": self.aimed,
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": {
                 "cpus": os.cpu_count(),

@@ -344,7 +344,7 @@ def missing_for(name: str) -> str | None:
 
 @contextmanager
 def started_clusters(
-    wanted: list[str], notes: list[str], data_dir: str
+    wanted: list[str], notes: list[str], data_dir: str, raft_args: tuple[str, ...] = ()
 ) -> Iterator[dict[str, Cluster]]:
     """Start a 3-member cluster of each wanted kind (raft, etcd, zookeeper) that can run here.
 
@@ -361,7 +361,10 @@ def started_clusters(
                     notes.append(f"{name} skipped: {why}")
                     continue
                 (Path(root) / name).mkdir()
-                clusters[name] = CLUSTERS[name](Path(root) / name)
+                if name == "raft":
+                    clusters[name] = RaftCluster(Path(root) / name, extra_args=raft_args)
+                else:
+                    clusters[name] = CLUSTERS[name](Path(root) / name)
             notes.append(f"3-member clusters keep their data in {data_dir}")
             yield clusters
         finally:

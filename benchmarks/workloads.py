@@ -45,8 +45,9 @@ async def _writes(client: coordkit.Client, kind: str, width: int) -> tuple[str, 
     await client.ensure_path(parent)
     if kind == "create":
         return parent, lambda i: client.create(f"{parent}/n{i}", VALUE)
-    for slot in range(width):
-        await client.create(f"{parent}/{slot}", VALUE)
+    async with anyio.create_task_group() as tg:
+        for slot in range(width):
+            tg.start_soon(client.create, f"{parent}/{slot}", VALUE)
     return parent, lambda i: client.set(f"{parent}/{i % width}", VALUE)
 
 

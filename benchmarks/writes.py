@@ -42,10 +42,10 @@ from workloads import WIDTH, failover, in_flight, sequential
 BACKENDS = ("raft", "etcd", "zookeeper")
 
 METRICS = [
-    Metric("seq_p50_ms", "sequential create p50", "ms", "lower", 2),
+    Metric("seq_p50_ms", "sequential create p50", "ms", "lower", 2, aim=0.8),
     Metric("seq_p99_ms", "sequential create p99", "ms", "lower", 2),
-    Metric("inflight_per_s", f"creates/s, {WIDTH} in flight", "1/s", "higher", 0),
-    Metric("failover_s", "SIGKILL leader -> next write", "s", "lower", 3),
+    Metric("inflight_per_s", f"creates/s, {WIDTH} in flight", "1/s", "higher", 0, aim=6400),
+    Metric("failover_s", "SIGKILL leader -> next write", "s", "lower", 3, aim=0.4),
 ]
 
 
