@@ -1,9 +1,15 @@
-"""Local etcd and ZooKeeper servers for the benchmarks, started as the test suite starts them.
+"""Local servers for the benchmarks, started as the test suite starts them.
 
-One server each, on free loopback ports, data under ``data_dir``, stopped on
-exit, using ``tests/support/etcd_servers.py`` and
-``tests/support/zookeeper_servers.py`` (Debian's ``etcd-server``, and
-``zookeeper`` with ``java``). What is not installed is skipped with a note.
+* :func:`started_servers` / :func:`backend_urls`: one etcd and one ZooKeeper
+  server (the recipe benchmarks);
+* :func:`started_clusters`: 3-member clusters of real processes, each behind a
+  :class:`Cluster` that can SIGKILL its leader and heal again (writes.py,
+  service.py, scale.py): ``coordkit serve`` processes, etcd members and
+  ZooKeeper servers.
+
+All on free loopback ports, data under ``data_dir``, stopped on exit, using
+``tests/support/{etcd,zookeeper,raft}_servers.py`` (Debian's ``etcd-server``,
+and ``zookeeper`` with ``java``). What is not installed is skipped with a note.
 """
 
 from __future__ import annotations
@@ -125,6 +131,19 @@ def backend_urls(
 # -- three-member clusters (writes.py, service.py, scale.py) ------------------------------
 
 
+#: how long a server may take to start on a loaded machine
+START_TIMEOUT = 120.0
+
+
+def _wait_until(check: Callable[[], bool], what: str) -> None:
+    """Poll ``check`` (another process's state, no event to wait on) until true."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not {what} after {START_TIMEOUT:g} s")
+        time.sleep(0.05)
+
+
 @dataclass
 class Killed:
     """A member SIGKILLed by :meth:`Cluster.kill_leader`, and when (``time.perf_counter``)."""
@@ -166,8 +185,24 @@ class EtcdCluster(Cluster):
     def __init__(self, root: Path) -> None:
         import etcd_servers
 
-        self._cluster = etcd_servers._start_cluster(3, root)
+        members = [
+            etcd_servers.EtcdMember(
+                f"m{i}", root / f"m{i}", etcd_servers.free_port(), etcd_servers.free_port()
+            )
+            for i in range(3)
+        ]
+        initial = ",".join(f"{m.name}={m.peer_url}" for m in members)
+        self._cluster = etcd_servers.EtcdCluster(members)
         self._killed: list[Any] = []
+        try:
+            for member in members:
+                member.initial_cluster = initial
+                member.start()
+            for member in members:
+                _wait_until(member.healthy, f"etcd {member.name} healthy")
+        except BaseException:
+            self._cluster.stop()
+            raise
 
     def url(self, prefix: str) -> str:
         return str(self._cluster.url(prefix))
@@ -188,7 +223,7 @@ class EtcdCluster(Cluster):
         while self._killed:
             member = self._killed.pop()
             member.start()
-            member.wait_healthy()
+            _wait_until(member.healthy, f"etcd {member.name} healthy")
         self._cluster.leader()  # raises while there is none
 
     def stop(self) -> None:
@@ -202,14 +237,19 @@ class ZooKeeperCluster(Cluster):
         import zookeeper_servers as zk
 
         self._ensemble = zk.make_ensemble(root)
-        self._wait_serving = zk.wait_serving
         self._killed: list[Any] = []
         try:
-            self._ensemble.start()
-            self._ensemble.leader()
+            for server in self._ensemble.servers:
+                server.start()
+            self._wait_serving()
         except BaseException:
             self._ensemble.stop()
             raise
+
+    def _wait_serving(self) -> None:
+        servers = [s for s in self._ensemble.servers if s.running]
+        _wait_until(lambda: all(s.mode() for s in servers), "ZooKeeper serving")
+        _wait_until(lambda: any(s.mode() == "leader" for s in servers), "a ZooKeeper leader")
 
     def url(self, prefix: str) -> str:
         return str(self._ensemble.url(prefix))
@@ -230,8 +270,7 @@ class ZooKeeperCluster(Cluster):
     def heal(self) -> None:
         while self._killed:
             self._killed.pop().start()
-        self._wait_serving(self._ensemble.servers)
-        self._ensemble.leader()
+        self._wait_serving()
 
     def stop(self) -> None:
         self._ensemble.stop()
@@ -272,7 +311,8 @@ class RaftCluster(Cluster):
         return [m.process.pid for m in self.processes.members.values() if m.process is not None]
 
     def leader(self) -> str:
-        return str(anyio.run(self._support.wait_for_leader, self.processes))
+        """The leader's name once the running members agree on one (a loaded machine: 120 s)."""
+        return str(anyio.run(self._support.wait_for_leader, self.processes, START_TIMEOUT))
 
     def statuses(self) -> list[dict[str, Any]]:
         async def ask() -> list[dict[str, Any]]:
@@ -365,7 +405,8 @@ def started_clusters(
                     clusters[name] = RaftCluster(Path(root) / name, extra_args=raft_args)
                 else:
                     clusters[name] = CLUSTERS[name](Path(root) / name)
-            notes.append(f"3-member clusters keep their data in {data_dir}")
+            if clusters:
+                notes.append(f"3-member clusters keep their data in {data_dir}")
             yield clusters
         finally:
             for cluster in reversed(list(clusters.values())):

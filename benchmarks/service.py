@@ -8,9 +8,9 @@ disk), etcd (3 members), ZooKeeper (3 servers) and ``memory://``. On each:
   and one at a time (p50, p99 latency);
 * **lock**: handoffs/s of one :class:`~coordkit.recipes.Lock` between 8
   contenders, each on its own client (``recipes_lock.py``'s workload);
-* **queue**: items/s through one :class:`~coordkit.recipes.Queue`, one
-  producer and ``--consumers`` consumers, each on its own client
-  (``recipes_queue_election.py``'s workload);
+* **queue**: items/s taken from one :class:`~coordkit.recipes.Queue` fed by
+  one producer, by ``--consumers`` consumers (3), each on its own client,
+  over ``--seconds`` of steady work;
 * **watch**: delivery latency of a ``set`` to 100 watches of that node
   (10 clients with 10 watches each), p50 and p99 over every delivery; the
   next ``set`` waits until all 100 saw the last one;
@@ -45,11 +45,11 @@ from pathlib import Path
 from typing import TypeVar
 
 import anyio
+import anyio.lowlevel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recipes_lock import CONTENDERS
 from recipes_lock import coordkit_run as lock_run
-from recipes_queue_election import queue_run
 from report import Metric, Report, percentile
 from servers import cpu_seconds, started_clusters
 from workloads import WIDTH, in_flight, sequential
@@ -57,6 +57,7 @@ from workloads import WIDTH, in_flight, sequential
 import coordkit
 from coordkit.backends.raft.embedded import stop_all
 from coordkit.recipes.lock import Lock
+from coordkit.recipes.queue import Queue
 
 BACKENDS = ("raft", "raft_embedded", "etcd", "zookeeper", "memory")
 SERVERS = ("raft", "etcd", "zookeeper")
@@ -93,7 +94,6 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--runs", type=int, default=5, help="runs per figure (median shown)")
     parser.add_argument("--seconds", type=float, default=3.0, help="length of one write/lock run")
-    parser.add_argument("--items", type=int, default=1000, help="queue items per run")
     parser.add_argument("--consumers", type=int, default=3, help="queue consumers")
     parser.add_argument("--watch-events", type=int, default=50, help="sets seen by the watches")
     parser.add_argument("--sessions", type=int, default=1000, help="idle sessions")
@@ -113,7 +113,6 @@ def parse_args() -> argparse.Namespace:
     args.wanted = wanted
     if args.quick:
         args.seconds = min(args.seconds, 0.3)
-        args.items = min(args.items, 10)
         args.watch_events = min(args.watch_events, 3)
         args.sessions = min(args.sessions, 20)
         args.idle_seconds = min(args.idle_seconds, 0.5)
@@ -172,6 +171,53 @@ async def watch_run(url: str, events: int) -> tuple[float, float]:
     return percentile(delays, 0.5) * 1000, percentile(delays, 0.99) * 1000
 
 
+async def queue_run(url: str, seconds: float, consumers: int) -> float:
+    """Items/s taken from one Queue fed by one producer, over ``seconds`` of steady work."""
+    path = f"/queue-{uuid.uuid4().hex[:12]}"
+    taken = 0
+    clients: list[coordkit.Client] = []
+
+    async def open_client() -> None:
+        clients.append(await coordkit.connect(url).__aenter__())
+
+    async def produce(client: coordkit.Client) -> None:
+        queue = Queue(client, path)
+        n = 0
+        while True:
+            await queue.put(b"%d" % n)
+            n += 1
+            await anyio.lowlevel.checkpoint()  # memory:// may never yield by itself
+
+    async def consume(client: coordkit.Client) -> None:
+        nonlocal taken
+        queue = Queue(client, path)
+        while True:
+            await queue.get()
+            taken += 1
+            await anyio.lowlevel.checkpoint()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for _ in range(1 + consumers):
+                tg.start_soon(open_client)
+        await clients[0].ensure_path(path)
+        with anyio.fail_after(STEP_TIMEOUT):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(produce, clients[0])
+                for client in clients[1:]:
+                    tg.start_soon(consume, client)
+                began, before = time.perf_counter(), taken
+                await anyio.sleep(seconds)  # the measuring window itself
+                rate = (taken - before) / (time.perf_counter() - began)
+                tg.cancel_scope.cancel()
+        with anyio.fail_after(STEP_TIMEOUT):
+            await clients[0].delete(path, recursive=True)
+    finally:
+        for client in clients:
+            await client.__aexit__(None, None, None)
+    return rate
+
+
 def process_cpu(pids: list[int]) -> float:
     return sum(cpu_seconds(pid) for pid in pids)
 
@@ -223,7 +269,7 @@ def main() -> None:
         "value_bytes": 256,
         "in_flight": WIDTH,
         "lock_contenders": CONTENDERS,
-        "queue": {"items": args.items, "producers": 1, "consumers": args.consumers},
+        "queue": {"producers": 1, "consumers": args.consumers},
         "watches": WATCH_CLIENTS * WATCHES_PER_CLIENT,
         "watch_events": args.watch_events,
         "sessions": args.sessions,
@@ -270,7 +316,7 @@ def measure(report: Report, name: str, url: str, pids: list[int], args: argparse
         report.add(name, f"{kind}_p99_ms", p99)
     rate = step("lock", lock_run, url, Lock, args.seconds)
     report.add(name, "lock_handoffs_per_s", rate)
-    rate = step("queue", queue_run, url, args.items, 1, args.consumers)
+    rate = step("queue", queue_run, url, args.seconds, args.consumers)
     report.add(name, "queue_items_per_s", rate)
     p50, p99 = step("watch", watch_run, url, args.watch_events)
     report.add(name, "watch_p50_ms", p50)
