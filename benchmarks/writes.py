@@ -30,16 +30,20 @@ import argparse
 import logging
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import Metric, Report
-from servers import started_clusters
+from servers import Cluster, started_clusters
 from workloads import WIDTH, failover, in_flight, sequential
 
 BACKENDS = ("raft", "etcd", "zookeeper")
+
+log = logging.getLogger("benchmarks.writes")
 
 METRICS = [
     Metric("seq_p50_ms", "sequential create p50", "ms", "lower", 2, aim=0.8),
@@ -72,6 +76,29 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def measure(report: Report, name: str, cluster: Cluster, seconds: float, run: int) -> None:
+    """One run on one cluster. A step that fails is noted and left out."""
+    url = cluster.url("/bench")
+
+    def step(keys: tuple[str, ...], func: Callable[..., Awaitable[Any]], *a: object) -> None:
+        try:
+            result = anyio.run(func, *a)
+        except Exception as exc:  # one failed step must not lose the other figures
+            log.warning("%s %s failed", name, func.__name__, exc_info=True)
+            report.notes.append(f"{name} {func.__name__} (run {run + 1}) failed: {exc!r}"[:300])
+            return
+        values = result if isinstance(result, tuple) else (result,)
+        for key, value in zip(keys, values, strict=True):
+            report.add(name, key, value)
+
+    step(("seq_p50_ms", "seq_p99_ms"), sequential, url, "create", seconds)
+    step(("inflight_per_s",), in_flight, url, "create", seconds)
+    try:
+        step(("failover_s",), failover, url, cluster)
+    finally:
+        cluster.heal()
+
+
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -83,16 +110,9 @@ def main() -> None:
     with started_clusters(args.wanted, report.notes, args.data_dir) as clusters:
         for name in args.wanted:
             report.add(name, METRICS[0].key, None)  # a column even if skipped
-        for _ in range(args.runs):
+        for run in range(args.runs):
             for name, cluster in clusters.items():
-                url = cluster.url("/bench")
-                p50, p99 = anyio.run(sequential, url, "create", args.seconds)
-                report.add(name, "seq_p50_ms", p50)
-                report.add(name, "seq_p99_ms", p99)
-                rate = anyio.run(in_flight, url, "create", args.seconds)
-                report.add(name, "inflight_per_s", rate)
-                report.add(name, "failover_s", anyio.run(failover, url, cluster))
-                cluster.heal()
+                measure(report, name, cluster, args.seconds, run)
     print(report.table())
     if args.json:
         report.write_json(args.json)

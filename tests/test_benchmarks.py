@@ -102,7 +102,7 @@ def check_every_figure(run: SmokeRun, backends: list[str]) -> dict[str, Any]:
     for backend in measured:
         for metric in run.figures["metrics"]:
             assert run.figures["medians"][backend][metric["key"]] is not None, (
-                f"{backend} has no {metric['key']}"
+                f"{backend} has no {metric['key']}: {notes}"
             )
         assert backend in run.stdout.splitlines()[1]  # a column of the table
     for metric in run.figures["metrics"]:
