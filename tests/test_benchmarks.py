@@ -94,9 +94,8 @@ def check_every_figure(run: SmokeRun, backends: list[str]) -> dict[str, Any]:
     """The run succeeded and every metric has a figure on every backend that was not skipped."""
     assert run.returncode == 0, run.stderr[-4000:]
     assert run.figures is not None, "no JSON written"
-    skipped = [
-        b for b in backends if any(n.startswith(f"{b} skipped") for n in run.figures["notes"])
-    ]
+    notes = run.figures["notes"]
+    skipped = [b for b in backends if any(n.startswith(f"{b} skipped") for n in notes)]
     measured = [b for b in backends if b not in skipped]
     assert measured, run.figures["notes"]
     for backend in measured:
