@@ -4,7 +4,8 @@ One PNG per JSON file, named after the script (``writes.png``, ...), with one
 panel per metric: a bar per backend at the median of its runs, a whisker from
 the fastest to the slowest run, and the issue's aim as a dashed line where
 there is one (the aim is for the Raft backend). ``--markdown`` also prints
-each file's medians as a Markdown table, as docs/benchmarks.md shows them.
+each script's medians as a Markdown table, as docs/benchmarks.md shows them.
+Several files of one script are merged (every run's values together).
 
     pip install -e '.[bench]'          # matplotlib
     python benchmarks/writes.py --json out/writes.json
@@ -127,17 +128,47 @@ def verdict(figures: dict[str, Any], metric: dict[str, Any]) -> str:
     return f"{sign} {aim:g}: {'met' if met else '**not met**'}"
 
 
+def merged(files: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several JSON files of one script as one: every run's values together, medians anew
+    (e.g. a second run for one backend or one step after the first)."""
+    figures = json.loads(json.dumps(files[0]))
+    for extra in files[1:]:
+        for backend in extra["backends"]:
+            if backend not in figures["backends"]:
+                figures["backends"].append(backend)
+        for backend, by_key in extra["values"].items():
+            for key, runs in by_key.items():
+                figures["values"].setdefault(backend, {}).setdefault(key, []).extend(runs)
+        figures["notes"] += [f"{extra['when']}: {note}" for note in extra["notes"]]
+        figures["when"] = max(figures["when"], extra["when"])
+    figures["medians"] = {
+        b: {
+            m["key"]: statistics.median(figures["values"][b][m["key"]])
+            if figures["values"].get(b, {}).get(m["key"])
+            else None
+            for m in figures["metrics"]
+        }
+        for b in figures["backends"]
+    }
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", type=Path, help="JSON written with --json")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"), help="PNG folder")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables too")
     args = parser.parse_args()
+    by_script: dict[str, list[dict[str, Any]]] = {}
     for file in args.files:
         figures = json.loads(file.read_text())
-        print(f"{file} -> {plot(figures, args.out)}")
+        by_script.setdefault(figures["script"], []).append(figures)
+    for script, files in by_script.items():
+        figures = merged(files)
+        print(f"{script} ({len(files)} file(s)) -> {plot(figures, args.out)}")
         if args.markdown:
             print(f"\n{markdown(figures)}\n")
+            print("\n".join(f"- {note}" for note in figures["notes"]) + "\n")
 
 
 if __name__ == "__main__":
