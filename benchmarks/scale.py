@@ -46,7 +46,12 @@ from report import Metric, Report
 from servers import RaftCluster, rss_mb, started_clusters
 
 import coordkit
-from coordkit.errors import ConnectionLostError, OperationTimeoutError
+from coordkit.errors import (
+    ClientClosedError,
+    ConnectionLostError,
+    OperationTimeoutError,
+    SessionExpiredError,
+)
 from coordkit.retry import RetryPolicy
 from coordkit.txn import Compare, CreateOp
 
@@ -55,7 +60,7 @@ PER_PARENT = 1000
 IN_FLIGHT = 8
 STEP_TIMEOUT = 1800.0
 #: a batch whose outcome is unknown (leader lost, reply lost) is tried again
-RETRY = RetryPolicy(initial_delay=0.1, max_delay=2.0, max_attempts=10)
+RETRY = RetryPolicy(initial_delay=0.1, max_delay=2.0, max_attempts=30)
 
 log = logging.getLogger("benchmarks.scale")
 
@@ -102,11 +107,42 @@ def value_of(i: int) -> bytes:
     return (i.to_bytes(8, "little") * (VALUE_BYTES // 8 + 1))[:VALUE_BYTES]
 
 
+class Filler:
+    """The client the fill writes through, opened again when its session expires
+    (on a loaded machine a leader change can outlast the session's TTL)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.client: coordkit.Client | None = None
+        self.renewals = 0
+        self._lock = anyio.Lock()
+
+    async def get(self) -> coordkit.Client:
+        async with self._lock:
+            if self.client is None:
+                self.client = await coordkit.connect(self.url).__aenter__()
+            return self.client
+
+    async def renew(self, expired: coordkit.Client) -> None:
+        async with self._lock:
+            if self.client is not expired:
+                return  # another batch renewed it already
+            self.client, self.renewals = None, self.renewals + 1
+            with anyio.CancelScope(shield=True):
+                await expired.__aexit__(None, None, None)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.__aexit__(None, None, None)
+
+
 async def fill(url: str, nodes: int, batch: int, notes: list[str]) -> float:
     """Create ``nodes`` nodes in transactions of ``batch``; creates per second."""
     attempts = [0]
     parents = (nodes + PER_PARENT - 1) // PER_PARENT
-    async with coordkit.connect(url) as client:
+    filler = Filler(url)
+    try:
+        client = await filler.get()
         await client.ensure_path("/data")
         began = time.perf_counter()
         for start in range(0, parents, batch):
@@ -124,11 +160,21 @@ async def fill(url: str, nodes: int, batch: int, notes: list[str]) -> float:
                 # If only "if absent": a retry after a lost reply changes nothing.
                 async def attempt() -> object:
                     attempts[0] += 1
-                    return await client.txn([Compare.missing(ops[0].path)], ops)
+                    client = await filler.get()
+                    try:
+                        return await client.txn([Compare.missing(ops[0].path)], ops)
+                    except (SessionExpiredError, ClientClosedError):
+                        await filler.renew(client)
+                        raise
 
                 await RETRY.call(
                     attempt,
-                    retry_on=(OperationTimeoutError, ConnectionLostError),
+                    retry_on=(
+                        OperationTimeoutError,
+                        ConnectionLostError,
+                        SessionExpiredError,
+                        ClientClosedError,
+                    ),
                     what=f"fill batch {start}",
                     logger=log,
                 )
@@ -141,12 +187,16 @@ async def fill(url: str, nodes: int, batch: int, notes: list[str]) -> float:
                     await slots.acquire()  # released by the batch when acknowledged
                     tg.start_soon(one, start)
         rate = nodes / (time.perf_counter() - began)
+    finally:
+        await filler.close()
     batches = (nodes + batch - 1) // batch
     if attempts[0] > batches:
         notes.append(
             f"fill: {attempts[0] - batches} of {batches} transactions were tried again "
             "(no answer within the client's timeout: leader changes under load)"
         )
+    if filler.renewals:
+        notes.append(f"fill: the client's session expired {filler.renewals} time(s), reopened")
     return rate
 
 
