@@ -133,13 +133,25 @@ def _cluster(args: argparse.Namespace) -> int:
 # -- member add/remove, snapshot save ------------------------------------------------------------
 
 
+def _url_option(parser: argparse.ArgumentParser) -> None:
+    """``--url`` after the action too (``coordkit member add n4 H:P --url raft://...``).
+
+    Unset unless given, so it never overwrites a ``--url`` given before the command.
+    """
+    parser.add_argument(
+        "--url", default=argparse.SUPPRESS, help="the cluster: raft://host:port,host:port,..."
+    )
+
+
 def _configure_member(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="member_action", required=True, metavar="ACTION")
     add = actions.add_parser("add", help="add a node (as a learner, promoted once caught up)")
     add.add_argument("member_name", metavar="NAME")
     add.add_argument("address", metavar="HOST:PORT")
+    _url_option(add)
     remove = actions.add_parser("remove", help="remove a node (the leader included)")
     remove.add_argument("member_name", metavar="NAME")
+    _url_option(remove)
 
 
 def _member(args: argparse.Namespace) -> int:
@@ -154,6 +166,7 @@ def _configure_snapshot(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="snapshot_action", required=True, metavar="ACTION")
     save = actions.add_parser("save", help="write a consistent snapshot of the store to FILE")
     save.add_argument("file", type=Path)
+    _url_option(save)
 
 
 def _snapshot(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from coordkit.errors import CoordkitError, InvalidArgumentError
+from coordkit.errors import ConfigurationError, CoordkitError, InvalidArgumentError
 from coordkit.model import Event
 from coordkit.paths import STORED_PATH_BYTES, check_path
 
@@ -46,9 +46,10 @@ from ...store import (
     decode_command,
     encode_result,
 )
+from ..core import ConfChangeError, ProposalDroppedError
 from ..protocol import Op, Status, encode_events
 from ..wire import Address, Frame, FrameError, FrameStream, Hello, encode_frame
-from .config import NodeConfig, parse_address
+from .config import NodeConfig, check_name, parse_address
 from .refusals import NotLeader, Refused
 from .requests import Outcome
 from .transport import PeerTransport
@@ -358,13 +359,43 @@ class ClientConnection:
         self.answer(number, Status.OK, status=self.node.status())
 
     def _member_add(self, number: int, header: dict[str, Any], payload: bytes) -> None:
-        address = parse_address(str(header["addr"]))
-        index = self.node.add_member(str(header["name"]), address)
+        try:
+            name = check_name(str(header["name"]))
+            address = parse_address(str(header["addr"]), what=f"address of {name}")
+        except ConfigurationError as exc:
+            raise InvalidArgumentError(str(exc)) from None
+        members = self._leader_members()
+        if name in members:
+            raise InvalidArgumentError(f"{name} is already a member ({', '.join(members)})")
+        index = self._change_members(lambda: self.node.add_member(name, address))
         self.answer(number, Status.OK, index=index)
 
     def _member_remove(self, number: int, header: dict[str, Any], payload: bytes) -> None:
-        index = self.node.remove_member(str(header["name"]))
+        name = str(header["name"])
+        members = self._leader_members()
+        if name not in members:
+            raise InvalidArgumentError(
+                f"no member named {name!r}; members: {', '.join(members) or 'none'}"
+            )
+        index = self._change_members(lambda: self.node.remove_member(name))
         self.answer(number, Status.OK, index=index)
+
+    def _leader_members(self) -> list[str]:
+        """The configuration's members, as the leader knows them (NotLeader elsewhere)."""
+        status = self.node.status()
+        if status.get("role") != "leader":
+            raise NotLeader(status.get("leader"), status.get("leader_addr"))
+        return list(status.get("members", ()))
+
+    @staticmethod
+    def _change_members(change: Callable[[], int]) -> int:
+        """Propose a checked membership change; a change the leader cannot take *now*
+        (its first entry of the term or the previous change not committed yet, the
+        log full) is refused as busy, which the client retries."""
+        try:
+            return change()
+        except (ConfChangeError, ProposalDroppedError) as exc:
+            raise Refused(Status.BUSY, f"membership change refused for now: {exc}") from None
 
     def _snapshot(self, number: int, header: dict[str, Any], payload: bytes) -> None:
         """Stream a consistent snapshot of the store (as of now) in chunk frames."""
