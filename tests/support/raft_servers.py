@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -102,12 +103,21 @@ class RaftProcessCluster:
     cluster_id: str = ""
     token: str = ""
     extra_args: tuple[str, ...] = ()
+    #: how the test reaches the members when they speak TLS (None: plain TCP).
+    client_ssl: ssl.SSLContext | None = None
 
     @classmethod
-    def create(cls, size: int = 3, *, extra_args: tuple[str, ...] = ()) -> RaftProcessCluster:
+    def create(
+        cls,
+        size: int = 3,
+        *,
+        extra_args: tuple[str, ...] = (),
+        client_ssl: ssl.SSLContext | None = None,
+    ) -> RaftProcessCluster:
         root = Path(tempfile.mkdtemp(prefix="coordkit-raft-", dir=data_root()))
         cluster = cls(root, cluster_id=f"test-{uuid.uuid4().hex[:8]}", token=uuid.uuid4().hex)
         cluster.extra_args = extra_args
+        cluster.client_ssl = client_ssl
         for i in range(1, size + 1):
             name = f"n{i}"
             cluster.members[name] = RaftMember(name, free_port(), root / name, root / f"{name}.log")
@@ -188,14 +198,17 @@ class RaftProcessCluster:
         return "\n".join(out)
 
 
-async def member_status(address: str) -> dict[str, Any]:
+async def member_status(address: str, ssl_context: ssl.SSLContext | None = None) -> dict[str, Any]:
     """One member's own status (or an ``error`` entry if unreachable)."""
     from coordkit.backends.raft.client.dialer import Dialer
     from coordkit.backends.raft.wire import Address
     from coordkit.retry import RetryPolicy
 
     dialer = Dialer(
-        [Address.parse(address)], ssl_context=None, connect_timeout=2.0, retry=RetryPolicy()
+        [Address.parse(address)],
+        ssl_context=ssl_context,
+        connect_timeout=2.0,
+        retry=RetryPolicy(),
     )
     try:
         return await dialer.status_of(Address.parse(address))
@@ -233,7 +246,9 @@ async def wait_for_leader(cluster: RaftProcessCluster, timeout: float = START_TI
     with anyio.fail_after(timeout):
         while True:
             statuses = [
-                await member_status(m.address) for m in cluster.members.values() if m.running
+                await member_status(m.address, cluster.client_ssl)
+                for m in cluster.members.values()
+                if m.running
             ]
             leaders = {s.get("leader") for s in statuses if "error" not in s}
             roles = [s for s in statuses if s.get("role") == "leader"]
