@@ -64,6 +64,12 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
         default=20_000,
         help="snapshot after this many applied entries",
     )
+    parser.add_argument(
+        "--snapshot-retain",
+        type=int,
+        default=5_000,
+        help="entries kept behind a snapshot for slow followers (5000)",
+    )
     parser.add_argument("--allow-faults", action="store_true", help=argparse.SUPPRESS)
 
 
@@ -72,6 +78,11 @@ def _serve(args: argparse.Namespace) -> int:
     from .node.server import RaftNode
     from .node.transport import asyncio_backend_options
 
+    if args.snapshot_entries < 1 or args.snapshot_retain < 0:
+        raise ConfigurationError(
+            "--snapshot-entries must be >= 1 and --snapshot-retain >= 0, not "
+            f"{args.snapshot_entries} and {args.snapshot_retain}"
+        )
     config = NodeConfig(
         name=args.name,
         data_dir=args.data_dir.expanduser(),
@@ -84,6 +95,7 @@ def _serve(args: argparse.Namespace) -> int:
         tick=args.tick,
         election_ticks=args.election_ticks,
         snapshot_entries=args.snapshot_entries,
+        snapshot_retain=args.snapshot_retain,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_ca=args.tls_ca,
