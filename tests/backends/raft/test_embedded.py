@@ -92,6 +92,7 @@ async def test_a_second_process_on_the_same_data_dir_gets_one_clear_error(tmp_pa
     finally:
         holder.stdin.close()
         await anyio.to_thread.run_sync(lambda: holder.wait(timeout=60))
+        holder.stdout.close()
     assert holder.returncode == 0
     # The holder is gone: this process may use the directory now, and finds its data.
     async with coordkit.connect(url) as client:
