@@ -64,6 +64,12 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
         default=20_000,
         help="snapshot after this many applied entries",
     )
+    parser.add_argument(
+        "--snapshot-retain",
+        type=int,
+        default=5_000,
+        help="entries kept behind a snapshot for slow followers (5000)",
+    )
     parser.add_argument("--allow-faults", action="store_true", help=argparse.SUPPRESS)
 
 
@@ -72,6 +78,11 @@ def _serve(args: argparse.Namespace) -> int:
     from .node.server import RaftNode
     from .node.transport import asyncio_backend_options
 
+    if args.snapshot_entries < 1 or args.snapshot_retain < 0:
+        raise ConfigurationError(
+            "--snapshot-entries must be >= 1 and --snapshot-retain >= 0, not "
+            f"{args.snapshot_entries} and {args.snapshot_retain}"
+        )
     config = NodeConfig(
         name=args.name,
         data_dir=args.data_dir.expanduser(),
@@ -84,6 +95,7 @@ def _serve(args: argparse.Namespace) -> int:
         tick=args.tick,
         election_ticks=args.election_ticks,
         snapshot_entries=args.snapshot_entries,
+        snapshot_retain=args.snapshot_retain,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_ca=args.tls_ca,
@@ -133,13 +145,25 @@ def _cluster(args: argparse.Namespace) -> int:
 # -- member add/remove, snapshot save ------------------------------------------------------------
 
 
+def _url_option(parser: argparse.ArgumentParser) -> None:
+    """``--url`` after the action too (``coordkit member add n4 H:P --url raft://...``).
+
+    Unset unless given, so it never overwrites a ``--url`` given before the command.
+    """
+    parser.add_argument(
+        "--url", default=argparse.SUPPRESS, help="the cluster: raft://host:port,host:port,..."
+    )
+
+
 def _configure_member(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="member_action", required=True, metavar="ACTION")
     add = actions.add_parser("add", help="add a node (as a learner, promoted once caught up)")
     add.add_argument("member_name", metavar="NAME")
     add.add_argument("address", metavar="HOST:PORT")
+    _url_option(add)
     remove = actions.add_parser("remove", help="remove a node (the leader included)")
     remove.add_argument("member_name", metavar="NAME")
+    _url_option(remove)
 
 
 def _member(args: argparse.Namespace) -> int:
@@ -154,6 +178,7 @@ def _configure_snapshot(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="snapshot_action", required=True, metavar="ACTION")
     save = actions.add_parser("save", help="write a consistent snapshot of the store to FILE")
     save.add_argument("file", type=Path)
+    _url_option(save)
 
 
 def _snapshot(args: argparse.Namespace) -> int:

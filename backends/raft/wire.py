@@ -430,6 +430,9 @@ async def connect(
                     "(for instance, it does not trust this side's certificate)"
                 ) from None
             why = str(exc) or "the connection was closed"
+            if ssl_context is None and not isinstance(exc, FrameError):
+                # A node that speaks TLS closes a plain connection without a word.
+                why += " (if the cluster uses TLS, give tls_ca=CA.pem)"
             raise HandshakeError(f"no valid answer to the hello from {address}: {why}") from None
         except BaseException:
             await stream.aclose()

@@ -9,13 +9,16 @@ and wipe members.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +32,33 @@ import coordkit
 
 TOKEN_ENV = "COORDKIT_CLUSTER_TOKEN"
 START_TIMEOUT = 30.0
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a child between fork and exec: SIGKILL it when the test process dies.
+
+    Linux delivers the signal when the *thread* that forked the child ends, so
+    servers are started from the main thread only (see :meth:`RaftProcessCluster.start`).
+    If the parent is already gone (it died before ``prctl`` ran), exit at once.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        os._exit(126)
+    if os.getppid() == 1:
+        os._exit(126)
+
+
+def popen_dying_with_parent(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen`` of a server that dies with this process (:func:`die_with_parent`)."""
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError(
+            "start test servers from the main thread: a child started from a worker "
+            "thread would be killed when that thread ends"
+        )
+    return subprocess.Popen(args, preexec_fn=die_with_parent, **kwargs)
 
 
 def data_root() -> str | None:
@@ -62,19 +92,32 @@ class RaftMember:
 
 @dataclass
 class RaftProcessCluster:
-    """N ``coordkit serve`` processes; every method blocks (call it from sync code or a thread)."""
+    """N ``coordkit serve`` processes; every method blocks (call it from sync code or a thread).
+
+    :meth:`start` runs in the main thread only: each server dies with the test
+    process (``PR_SET_PDEATHSIG``), so an interrupted run leaves no orphan.
+    """
 
     root: Path
     members: dict[str, RaftMember] = field(default_factory=dict)
     cluster_id: str = ""
     token: str = ""
     extra_args: tuple[str, ...] = ()
+    #: how the test reaches the members when they speak TLS (None: plain TCP).
+    client_ssl: ssl.SSLContext | None = None
 
     @classmethod
-    def create(cls, size: int = 3, *, extra_args: tuple[str, ...] = ()) -> RaftProcessCluster:
+    def create(
+        cls,
+        size: int = 3,
+        *,
+        extra_args: tuple[str, ...] = (),
+        client_ssl: ssl.SSLContext | None = None,
+    ) -> RaftProcessCluster:
         root = Path(tempfile.mkdtemp(prefix="coordkit-raft-", dir=data_root()))
         cluster = cls(root, cluster_id=f"test-{uuid.uuid4().hex[:8]}", token=uuid.uuid4().hex)
         cluster.extra_args = extra_args
+        cluster.client_ssl = client_ssl
         for i in range(1, size + 1):
             name = f"n{i}"
             cluster.members[name] = RaftMember(name, free_port(), root / name, root / f"{name}.log")
@@ -105,7 +148,7 @@ class RaftProcessCluster:
             ]  # fmt: skip
             env = {**os.environ, TOKEN_ENV: self.token}
             with member.log_path.open("ab") as log:
-                member.process = subprocess.Popen(
+                member.process = popen_dying_with_parent(
                     args, stdout=log, stderr=subprocess.STDOUT, env=env
                 )
 
@@ -155,19 +198,37 @@ class RaftProcessCluster:
         return "\n".join(out)
 
 
-async def member_status(address: str) -> dict[str, Any]:
+async def member_status(address: str, ssl_context: ssl.SSLContext | None = None) -> dict[str, Any]:
     """One member's own status (or an ``error`` entry if unreachable)."""
     from coordkit.backends.raft.client.dialer import Dialer
     from coordkit.backends.raft.wire import Address
     from coordkit.retry import RetryPolicy
 
     dialer = Dialer(
-        [Address.parse(address)], ssl_context=None, connect_timeout=2.0, retry=RetryPolicy()
+        [Address.parse(address)],
+        ssl_context=ssl_context,
+        connect_timeout=2.0,
+        retry=RetryPolicy(),
     )
     try:
         return await dialer.status_of(Address.parse(address))
     except coordkit.CoordkitError as exc:
         return {"address": address, "error": str(exc)}
+
+
+async def node_request(address: str, header: dict[str, Any]) -> dict[str, Any]:
+    """One request to one node itself (not redirected to the leader): its answer's header,
+    with the payload under ``payload``; an answer other than ``ok`` fails the test."""
+    from coordkit.backends.raft.wire import Address, Hello, connect
+
+    stream, _ = await connect(Address.parse(address), Hello("client", None), timeout=5.0)
+    try:
+        await stream.send({"t": "q", "i": 1, **header})
+        reply = await stream.receive()
+    finally:
+        await stream.aclose()
+    assert reply.header.get("s") == "ok", reply.header
+    return dict(reply.header) | {"payload": reply.payload}
 
 
 async def until(
@@ -185,7 +246,9 @@ async def wait_for_leader(cluster: RaftProcessCluster, timeout: float = START_TI
     with anyio.fail_after(timeout):
         while True:
             statuses = [
-                await member_status(m.address) for m in cluster.members.values() if m.running
+                await member_status(m.address, cluster.client_ssl)
+                for m in cluster.members.values()
+                if m.running
             ]
             leaders = {s.get("leader") for s in statuses if "error" not in s}
             roles = [s for s in statuses if s.get("role") == "leader"]

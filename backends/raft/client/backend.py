@@ -388,6 +388,8 @@ class RaftBackend(Backend):
                 with anyio.fail_after(max(session.ttl / 3, 0.05)):
                     conn = await self._connection()
                     reply = await conn.request({"op": RequestOp.KEEPALIVE, "sid": session.id})
+            except ClientClosedError:
+                return  # closing: the session is ended (or left to expire) by close()
             except (TimeoutError, ConnectionBroken, ConnectionLostError) as exc:
                 self._missed_keepalive(session, str(exc) or type(exc).__name__)
                 continue

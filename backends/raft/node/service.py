@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import itertools
 import logging
+import random
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from coordkit.errors import CoordkitError, InvalidArgumentError
+from coordkit.errors import ConfigurationError, CoordkitError, InvalidArgumentError
 from coordkit.model import Event
 from coordkit.paths import STORED_PATH_BYTES, check_path
 
@@ -44,9 +46,10 @@ from ...store import (
     decode_command,
     encode_result,
 )
+from ..core import ConfChangeError, ProposalDroppedError
 from ..protocol import Op, Status, encode_events
 from ..wire import Address, Frame, FrameError, FrameStream, Hello, encode_frame
-from .config import NodeConfig, parse_address
+from .config import NodeConfig, check_name, parse_address
 from .refusals import NotLeader, Refused
 from .requests import Outcome
 from .transport import PeerTransport
@@ -85,16 +88,40 @@ class ServedNode(Protocol):
     def remove_member(self, name: str) -> int: ...
 
 
+@dataclass
+class Faults:
+    """Faults a test injects through the ``fault`` request (``--allow-faults`` nodes only).
+
+    ``drop_replies``: the probability that the answer to a write is lost *after*
+    the write applied. A lost answer is a broken connection (TCP loses no single
+    frame), so the connection is closed instead of answered: the client sends the
+    write again, with the same sequence number, on its next connection.
+    """
+
+    drop_replies: float = 0.0
+    dropped: int = 0
+    rng: random.Random = field(default_factory=random.Random)
+
+    def drop_reply(self) -> bool:
+        if self.drop_replies > 0.0 and self.rng.random() < self.drop_replies:
+            self.dropped += 1
+            return True
+        return False
+
+
 class ClientService:
     """Accepts client connections for one node."""
 
     def __init__(self, node: ServedNode) -> None:
         self.node = node
         self.connections: set[ClientConnection] = set()
+        self.faults = Faults()
         self._numbers = itertools.count(1)
 
     async def handle(self, stream: FrameStream, hello: Hello) -> None:
-        conn = ClientConnection(self.node, stream, f"client #{next(self._numbers)}")
+        conn = ClientConnection(
+            self.node, stream, f"client #{next(self._numbers)}", faults=self.faults
+        )
         self.connections.add(conn)
         try:
             await conn.run()
@@ -103,9 +130,12 @@ class ClientService:
 
 
 class ClientConnection:
-    def __init__(self, node: ServedNode, stream: FrameStream, remote: str) -> None:
+    def __init__(
+        self, node: ServedNode, stream: FrameStream, remote: str, *, faults: Faults | None = None
+    ) -> None:
         self.node = node
         self.remote = remote
+        self._faults = faults or Faults()
         self._stream = stream
         self._out: list[bytes] = []
         self._out_bytes = 0
@@ -205,12 +235,15 @@ class ClientConnection:
         if not isinstance(command, Create | Set | Delete | Txn | CloseSession):
             raise InvalidArgumentError(f"{type(command).__name__} is not a client write")
         request = ClientRequest(session_id, _int(header, "seq"), _int(header, "una"), command)
-        self.node.propose(request, self._replier(number))
+        self.node.propose(request, self._replier(number, may_drop=True))
 
-    def _replier(self, number: int) -> Any:
+    def _replier(self, number: int, *, may_drop: bool = False) -> Any:
         def done(result: bytes | None, why: str) -> None:
             if result is None:
                 self.answer(number, Status.UNAVAILABLE, m=why)
+            elif may_drop and self._faults.drop_reply():
+                log.info("client %s: fault: dropping the answer to %d", self.remote, number)
+                self._close()  # applied, answer lost: the client retries the same (sid, seq)
             else:
                 self.answer(number, Status.OK, result)
 
@@ -326,13 +359,43 @@ class ClientConnection:
         self.answer(number, Status.OK, status=self.node.status())
 
     def _member_add(self, number: int, header: dict[str, Any], payload: bytes) -> None:
-        address = parse_address(str(header["addr"]))
-        index = self.node.add_member(str(header["name"]), address)
+        try:
+            name = check_name(str(header["name"]))
+            address = parse_address(str(header["addr"]), what=f"address of {name}")
+        except ConfigurationError as exc:
+            raise InvalidArgumentError(str(exc)) from None
+        members = self._leader_members()
+        if name in members:
+            raise InvalidArgumentError(f"{name} is already a member ({', '.join(members)})")
+        index = self._change_members(lambda: self.node.add_member(name, address))
         self.answer(number, Status.OK, index=index)
 
     def _member_remove(self, number: int, header: dict[str, Any], payload: bytes) -> None:
-        index = self.node.remove_member(str(header["name"]))
+        name = str(header["name"])
+        members = self._leader_members()
+        if name not in members:
+            raise InvalidArgumentError(
+                f"no member named {name!r}; members: {', '.join(members) or 'none'}"
+            )
+        index = self._change_members(lambda: self.node.remove_member(name))
         self.answer(number, Status.OK, index=index)
+
+    def _leader_members(self) -> list[str]:
+        """The configuration's members, as the leader knows them (NotLeader elsewhere)."""
+        status = self.node.status()
+        if status.get("role") != "leader":
+            raise NotLeader(status.get("leader"), status.get("leader_addr"))
+        return list(status.get("members", ()))
+
+    @staticmethod
+    def _change_members(change: Callable[[], int]) -> int:
+        """Propose a checked membership change; a change the leader cannot take *now*
+        (its first entry of the term or the previous change not committed yet, the
+        log full) is refused as busy, which the client retries."""
+        try:
+            return change()
+        except (ConfChangeError, ProposalDroppedError) as exc:
+            raise Refused(Status.BUSY, f"membership change refused for now: {exc}") from None
 
     def _snapshot(self, number: int, header: dict[str, Any], payload: bytes) -> None:
         """Stream a consistent snapshot of the store (as of now) in chunk frames."""
@@ -355,6 +418,22 @@ class ClientConnection:
     def _fault(self, number: int, header: dict[str, Any], payload: bytes) -> None:
         if not self.node.config.allow_faults:
             raise InvalidArgumentError("fault injection is off on this node")
+        if "drop_replies" in header:
+            probability = header["drop_replies"]
+            if (
+                isinstance(probability, bool)
+                or not isinstance(probability, int | float)
+                or not 0.0 <= probability <= 1.0
+            ):
+                raise InvalidArgumentError(
+                    f"drop_replies must be a probability from 0 to 1, not {probability!r}"
+                )
+            seed = header.get("seed")
+            if seed is not None:
+                self._faults.rng.seed(_int(header, "seed"))
+            self._faults.drop_replies = float(probability)
+            self.answer(number, Status.OK, dropped=self._faults.dropped)
+            return
         if header.get("isolate"):
             self.node.transport.isolate()
         else:
