@@ -9,6 +9,7 @@ and wipe members.
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import os
 import shutil
@@ -18,7 +19,6 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,7 +39,7 @@ def die_with_parent() -> None:
     """In a child between fork and exec: SIGKILL it when the test process dies.
 
     Linux delivers the signal when the *thread* that forked the child ends, so
-    servers are started from the main thread only (see :meth:`RaftProcessCluster.start`).
+    servers are forked from one long-lived thread (:data:`_SPAWNER`).
     If the parent is already gone (it died before ``prctl`` ran), exit at once.
     """
     if not sys.platform.startswith("linux"):
@@ -51,14 +51,19 @@ def die_with_parent() -> None:
         os._exit(126)
 
 
+#: Every server is forked from this one thread, alive until the test process
+#: exits: PR_SET_PDEATHSIG fires when the forking *thread* ends, so a server
+#: started from a short-lived worker thread (``anyio.to_thread``) would die
+#: with it.
+_SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="spawner")
+
+
 def popen_dying_with_parent(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-    """``subprocess.Popen`` of a server that dies with this process (:func:`die_with_parent`)."""
-    if threading.current_thread() is not threading.main_thread():
-        raise RuntimeError(
-            "start test servers from the main thread: a child started from a worker "
-            "thread would be killed when that thread ends"
-        )
-    return subprocess.Popen(args, preexec_fn=die_with_parent, **kwargs)
+    """``subprocess.Popen`` of a server that dies with this process (:func:`die_with_parent`).
+
+    Callable from any thread: the fork happens on the long-lived spawner thread.
+    """
+    return _SPAWNER.submit(subprocess.Popen, args, preexec_fn=die_with_parent, **kwargs).result()
 
 
 def data_root() -> str | None:
@@ -94,8 +99,8 @@ class RaftMember:
 class RaftProcessCluster:
     """N ``coordkit serve`` processes; every method blocks (call it from sync code or a thread).
 
-    :meth:`start` runs in the main thread only: each server dies with the test
-    process (``PR_SET_PDEATHSIG``), so an interrupted run leaves no orphan.
+    Each server dies with the test process (``PR_SET_PDEATHSIG``, see
+    :func:`popen_dying_with_parent`), so an interrupted run leaves no orphan.
     """
 
     root: Path
