@@ -21,6 +21,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -272,6 +273,18 @@ def started_cluster(size: int = 3, **kwargs: Any) -> RaftProcessCluster:
         cluster.close()
         raise RuntimeError(f"the raft cluster did not elect a leader:\n{logs}") from None
     return cluster
+
+
+@contextmanager
+def running_cluster(size: int = 3, **kwargs: Any) -> Iterator[RaftProcessCluster]:
+    """A started cluster (see :func:`started_cluster`), closed at the end; its
+    servers' logs are printed then, which pytest shows when the test failed."""
+    cluster = started_cluster(size, **kwargs)
+    try:
+        yield cluster
+    finally:
+        print(cluster.logs())
+        cluster.close()
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ from raft_servers import (
     free_port,
     member_status,
     node_request,
-    started_cluster,
+    running_cluster,
     until,
     wait_for_leader,
 )
@@ -48,12 +48,8 @@ TIMEOUT = 20.0
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RaftProcessCluster]:
-    cluster = started_cluster()
-    try:
+    with running_cluster() as cluster:
         yield cluster
-    finally:
-        print(cluster.logs())  # shown by pytest when a test failed
-        cluster.close()
 
 
 @pytest.fixture

@@ -16,24 +16,23 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
 from raft_servers import (
     RaftProcessCluster,
     member_status,
-    started_cluster,
+    node_request,
+    running_cluster,
     until,
     wait_for_leader,
 )
 from register_history import History
 
 import coordkit
-from coordkit.backends.raft.wire import Address, Hello, connect
 from coordkit.backends.store import unwrap_result
 from coordkit.errors import CoordkitError
 
@@ -52,13 +51,9 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def cluster() -> AsyncIterator[RaftProcessCluster]:
-    cluster = started_cluster()
-    try:
-        yield cluster  # type: ignore[misc]
-    finally:
-        print(cluster.logs())  # shown by pytest when the test failed
-        cluster.close()
+def cluster() -> Iterator[RaftProcessCluster]:
+    with running_cluster() as cluster:
+        yield cluster
 
 
 @asynccontextmanager
@@ -296,18 +291,6 @@ async def fault_isolate_leader(cluster: RaftProcessCluster, ops: Callable[[], in
 
 async def _applied_at_least(address: str, index: int) -> bool:
     return int((await member_status(address)).get("applied", 0)) >= index
-
-
-async def node_request(address: str, header: dict[str, Any]) -> dict[str, Any]:
-    """One request to one node itself (not redirected to the leader); its answer's header."""
-    stream, _ = await connect(Address.parse(address), Hello("client", None), timeout=5.0)
-    try:
-        await stream.send({"t": "q", "i": 1, **header})
-        reply = await stream.receive()
-    finally:
-        await stream.aclose()
-    assert reply.header.get("s") == "ok", reply.header
-    return dict(reply.header) | {"payload": reply.payload}
 
 
 async def check_every_node_has_every_acknowledged_write(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from certs import TestPKI
-from raft_servers import RaftProcessCluster, member_status, started_cluster, until
+from raft_servers import RaftProcessCluster, member_status, running_cluster, until
 
 import coordkit
 from coordkit.errors import CoordkitError
@@ -35,12 +35,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
 def cluster(pki: TestPKI) -> Iterator[RaftProcessCluster]:
     files = pki.issue("node")
     tls = ("--tls-cert", str(files.cert), "--tls-key", str(files.key), "--tls-ca", str(files.ca))
-    cluster = started_cluster(extra_args=tls, client_ssl=files.client())
-    try:
+    with running_cluster(extra_args=tls, client_ssl=files.client()) as cluster:
         yield cluster
-    finally:
-        print(cluster.logs())
-        cluster.close()
 
 
 def endpoints(cluster: RaftProcessCluster) -> str:

@@ -19,7 +19,7 @@ from raft_servers import (
     RaftProcessCluster,
     member_status,
     node_request,
-    started_cluster,
+    running_cluster,
     until,
     wait_for_leader,
 )
@@ -43,12 +43,8 @@ def anyio_backend() -> str:
 @pytest.fixture
 def cluster() -> Iterator[RaftProcessCluster]:
     options = ("--snapshot-entries", str(SNAPSHOT_ENTRIES), "--snapshot-retain", str(RETAIN))
-    cluster = started_cluster(extra_args=options)
-    try:
+    with running_cluster(extra_args=options) as cluster:
         yield cluster
-    finally:
-        print(cluster.logs())
-        cluster.close()
 
 
 async def read_own_state(address: str, path: str) -> object:
