@@ -117,6 +117,9 @@ class TransportSettings:
     keepalive_interval: float = 0.5
     #: Seconds a dial (TCP, TLS, hello and answer) may take.
     connect_timeout: float = 3.0
+    #: Seconds a peer that was never reached may refuse dials before a WARNING says so
+    #: (members of a cluster start one after another: a refusal at first is normal).
+    report_unreachable_after: float = 3.0
     #: Queued frames go out together, up to this many bytes per socket write.
     write_batch_bytes: int = 1 << 20
     #: Bytes per snapshot chunk frame.
@@ -130,6 +133,11 @@ class TransportSettings:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ConfigurationError(f"transport {name} must be > 0, not {value!r}")
+        wait = self.report_unreachable_after
+        if not (isinstance(wait, int | float) and math.isfinite(wait) and wait >= 0):
+            raise ConfigurationError(
+                f"transport report_unreachable_after must be >= 0, not {wait!r}"
+            )
         if self.keepalive_interval * 2 > self.idle_timeout:
             raise ConfigurationError("transport keepalive_interval must be at most idle_timeout/2")
         for name in (
@@ -175,6 +183,7 @@ class _Peer:
         self.connected = anyio.Event()
         self.dialer: anyio.CancelScope | None = None
         self.reported_down = False
+        self.unreachable_since: float | None = None  # first failed dial since the last success
         self.sent = self.received = self.dropped = self.writes = 0
         self.unreported_drops = 0
         self.last_drop_log = -math.inf
@@ -479,16 +488,24 @@ class PeerTransport:
                 await stream.aclose()
                 raise HandshakeError(f"found {welcome.node} there instead")
         except (OSError, HandshakeError) as exc:
-            if not peer.reported_down:
+            now = anyio.current_time()
+            if peer.unreachable_since is None:
+                peer.unreachable_since = now
+            waited = now - peer.unreachable_since
+            if not peer.reported_down and waited >= settings.report_unreachable_after:
                 peer.reported_down = True
                 log.warning(
-                    "cannot reach peer %s at %s: %s; retrying",
+                    "cannot reach peer %s at %s for %.1f s: %s; retrying",
                     peer.node,
                     peer.address,
+                    waited,
                     describe_error(exc),
                 )
+            else:
+                log.debug("cannot reach peer %s yet: %s", peer.node, describe_error(exc))
             raise
         peer.reported_down = False
+        peer.unreachable_since = None
         log.info("connected to peer %s at %s", peer.node, peer.address)
         started = anyio.current_time()
         await self._run_link(peer, stream)

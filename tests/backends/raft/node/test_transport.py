@@ -155,6 +155,28 @@ async def test_reconnects_after_the_peer_restarts_on_the_same_port(
             tg.cancel_scope.cancel()
 
 
+async def test_a_peer_refusing_dials_is_reported_once_and_only_after_the_grace(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Members of a cluster start one after another: refusals at first are normal.
+    caplog.set_level(logging.DEBUG, logger=LOG)
+    grace = 0.5
+    settings = TransportSettings(retry=RetryPolicy(0.01, 0.05), report_unreachable_after=grace)
+    address = await unreachable_address()
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            started = anyio.current_time()
+            await start_node(tg, "n1", {"n2": address}, settings=settings)
+            await until_logged(caplog.records, "cannot reach peer n2 yet", count=3)
+            assert not records_about(caplog.records, "cannot reach peer n2")  # within the grace
+            await until_logged(caplog.records, "cannot reach peer n2 at", count=1)
+            assert anyio.current_time() - started >= grace
+            seen = sum("cannot reach peer n2" in r.getMessage() for r in caplog.records)
+            await until_logged(caplog.records, "cannot reach peer n2", count=seen + 5)
+            assert len(records_about(caplog.records, "cannot reach peer n2")) == 1
+            tg.cancel_scope.cancel()
+
+
 async def unreachable_address() -> Address:
     """A loopback port nobody listens on (bound, then closed)."""
     async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
@@ -445,6 +467,8 @@ def test_settings_refuse_impossible_values() -> None:
         TransportSettings(idle_timeout=1.0, keepalive_interval=0.6)
     with pytest.raises(ConfigurationError, match="idle_timeout"):
         TransportSettings(idle_timeout=0)
+    with pytest.raises(ConfigurationError, match="report_unreachable_after"):
+        TransportSettings(report_unreachable_after=-1)
     with pytest.raises(ConfigurationError, match="snapshot_chunk"):
         TransportSettings(max_frame=1000, snapshot_chunk=1000)
     with pytest.raises(ConfigurationError, match="cluster id"):
