@@ -7,7 +7,7 @@ SIGKILL of the leader's process gives a new leader and ``coordkit put/get`` go o
 ``member add`` joins a fourth node as a learner, promoted to voter once caught up,
 and ``member remove`` takes it out; ``snapshot save`` writes a snapshot a store
 loads; ``member remove`` of the leader itself leaves a cluster with a new leader.
-A mistake (unknown member, bad address, bad -n) is one ``coordkit: ...`` line on
+A mistake (unknown member, bad address, bad -n) is one ``coordkit: error: ...`` line on
 standard error and a non-zero exit, and changes nothing.
 """
 
@@ -162,7 +162,7 @@ def one_error_line(result: subprocess.CompletedProcess[str], *words: str) -> Non
     assert result.returncode != 0, result
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("coordkit: "), lines[0]
+    assert lines[0].startswith("coordkit: error: "), lines[0]
     for word in words:
         assert word in lines[0], lines[0]
     assert "Traceback" not in result.stderr
