@@ -70,6 +70,12 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
         default=5_000,
         help="entries kept behind a snapshot for slow followers (5000)",
     )
+    parser.add_argument(
+        "--stop-with",
+        type=int,
+        metavar="PID",
+        help="stop, as on SIGTERM, when process PID exits (cluster up sets it)",
+    )
     parser.add_argument("--allow-faults", action="store_true", help=argparse.SUPPRESS)
 
 
@@ -106,7 +112,10 @@ def _serve(args: argparse.Namespace) -> int:
         node = RaftNode(config)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, tg.cancel_scope)
+            if args.stop_with is not None:
+                tg.start_soon(_stop_with, args.stop_with, tg.cancel_scope)
             await node.run()
+            tg.cancel_scope.cancel()
 
     anyio.run(main, backend="asyncio", backend_options=asyncio_backend_options())
     return 0
@@ -118,6 +127,25 @@ async def _stop_on_signal(scope: anyio.CancelScope) -> None:
             log.info("%s: shutting down", signal.Signals(signum).name)
             scope.cancel()
             return
+
+
+async def _stop_with(pid: int, scope: anyio.CancelScope) -> None:
+    """Stop the node once process ``pid`` is gone: the nodes of ``cluster up`` never
+    outlive their supervisor, even one killed with SIGKILL."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        pass  # gone already
+    except (AttributeError, OSError) as exc:  # no pidfd (not Linux >= 5.3)
+        log.warning("--stop-with %d: cannot watch that process here (%s)", pid, exc)
+        return
+    else:
+        try:
+            await anyio.wait_readable(fd)  # readable once the process has exited
+        finally:
+            os.close(fd)
+    log.warning("process %d (the supervisor) is gone: shutting down", pid)
+    scope.cancel()
 
 
 # -- cluster up ---------------------------------------------------------------------------

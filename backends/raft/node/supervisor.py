@@ -71,6 +71,8 @@ class LocalCluster:
             self.peers,
             "--cluster-id",
             self.cluster_id,
+            "--stop-with",
+            str(os.getpid()),
         ]
 
     @classmethod

@@ -307,3 +307,44 @@ async def test_member_remove_of_the_leader_itself_leaves_a_new_leader(
     assert new["node"] != old
     async with coordkit_client.connect(url) as client:
         await client.create("/after-remove", b"yes")
+
+
+async def test_the_nodes_of_cluster_up_stop_when_it_is_killed(tmp_path: Path) -> None:
+    out, err = tmp_path / "up.out", tmp_path / "up.err"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        process = popen_dying_with_parent(
+            [*CLI, "cluster", "up", "-n", "1", "--data-dir", str(tmp_path / "data")],
+            stdout=stdout,
+            stderr=stderr,
+        )
+    cluster = LocalCluster(process, tmp_path / "data", out, err)
+    try:
+        await _wait_for_url(cluster)
+
+        async def node_started() -> bool:
+            return "n1 started (pid" in cluster.stderr.read_text()
+
+        await until(node_started, timeout=30)
+        node = cluster.pid_of("n1")
+        os.kill(process.pid, signal.SIGKILL)  # no chance to stop its nodes itself
+        process.wait()
+
+        async def node_gone() -> bool:
+            return _exited(node)
+
+        await until(node_gone, timeout=30)
+        log = (tmp_path / "data" / "n1.log").read_text()
+        assert f"process {process.pid} (the supervisor) is gone" in log, log[-2000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _exited(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie not yet reaped by init counts)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
