@@ -1,4 +1,4 @@
-"""Quickstart: nodes, a watch, a transaction and sessions on the default backend.
+"""Quickstart: nodes, a watch, a transaction, sessions and their states on the default backend.
 
 Run: python examples/quickstart.py   (uses COORDKIT_URL if set, else the embedded default)
 """
@@ -14,6 +14,9 @@ from coordkit import Compare, CreateOp, SetOp
 async def main() -> None:
     async with coordkit.connect() as client, coordkit.connect() as other:
         print(f"connected to {client.url} (session {client.session.id})")
+        # Session state changes (SUSPENDED, RESTORED, LOST, a new CONNECTED) on every backend.
+        states: list[str] = []
+        client.add_session_listener(lambda change: states.append(change.state.name))
         await client.ensure_path("/app")
         await client.create("/app/config", b'{"workers": 4}')
 
@@ -37,6 +40,7 @@ async def main() -> None:
         print("children:", await other.children("/app"))
         await client.aclose()  # closing ends the session: the ephemeral member goes at once
         print(f"{member.path} after close:", await other.get(member.path))
+        print("session states seen:", states)
 
 
 if __name__ == "__main__":

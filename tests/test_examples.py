@@ -31,6 +31,7 @@ def test_quickstart_runs_on_the_default_backend() -> None:
     assert "transaction succeeded=True" in out
     assert "created  /app/member-0000000000" in out
     assert "/app/member-0000000000 after close: None" in out
+    assert "session states seen: ['LOST']" in out
 
 
 def test_recipes_tour_runs_on_the_default_backend() -> None:
