@@ -240,42 +240,43 @@ async def test_holders_deleted_at_random_lose_and_fencing_orders_every_write(
     resource = FencedResource()
     lost_bodies: list[str] = []
     stop = anyio.Event()
-    async with clients(backend_url, contenders + 1) as conns:
-        operator = conns[-1]
-        send, receive = anyio.create_memory_object_stream[tuple[Any, anyio.Event]](math.inf)
+    send, receive = anyio.create_memory_object_stream[tuple[Any, anyio.Event]](math.inf)
+    with send, receive:
+        async with clients(backend_url, contenders + 1) as conns:
+            operator = conns[-1]
 
-        async def contend(i: int) -> None:
-            name = f"c{i}"
-            while not stop.is_set():
-                holder, left = make(recipe, conns[i], name), anyio.Event()
-                try:
-                    async with holder:
-                        token = token_of(holder)
-                        assert token is not None
-                        send.send_nowait((holder, left))
-                        try:
-                            while not stop.is_set():
-                                resource.write(token, name)
-                                await anyio.sleep(0.002)
-                        finally:
-                            left.set()
-                except LockLostError:
-                    lost_bodies.append(name)
+            async def contend(i: int) -> None:
+                name = f"c{i}"
+                while not stop.is_set():
+                    holder, left = make(recipe, conns[i], name), anyio.Event()
+                    try:
+                        async with holder:
+                            token = token_of(holder)
+                            assert token is not None
+                            send.send_nowait((holder, left))
+                            try:
+                                while not stop.is_set():
+                                    resource.write(token, name)
+                                    await anyio.sleep(0.002)
+                            finally:
+                                left.set()
+                    except LockLostError:
+                        lost_bodies.append(name)
 
-        async def chaos() -> None:
-            for _ in range(deletions):
-                holder, left = await receive.receive()  # the holder now: it holds until deleted
-                await anyio.sleep(rng.uniform(0.0, 0.02))
-                await delete_behind_its_back(operator, holder, "delete")
-                with anyio.fail_after(20):
-                    await left.wait()
-            stop.set()
+            async def chaos() -> None:
+                for _ in range(deletions):
+                    holder, left = await receive.receive()  # the holder now: it holds until deleted
+                    await anyio.sleep(rng.uniform(0.0, 0.02))
+                    await delete_behind_its_back(operator, holder, "delete")
+                    with anyio.fail_after(20):
+                        await left.wait()
+                stop.set()
 
-        with anyio.fail_after(120):
-            async with anyio.create_task_group() as tg:
-                for i in range(contenders):
-                    tg.start_soon(contend, i)
-                tg.start_soon(chaos)
+            with anyio.fail_after(120):
+                async with anyio.create_task_group() as tg:
+                    for i in range(contenders):
+                        tg.start_soon(contend, i)
+                    tg.start_soon(chaos)
     assert len(lost_bodies) == deletions
     tokens = [t for t, _ in resource.accepted]
     assert tokens == sorted(tokens)
