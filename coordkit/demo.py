@@ -102,6 +102,12 @@ class DemoSummary:
     def leader_changes(self) -> int:
         return max(len(self.leaders) - 1, 0)
 
+    def _unconfirmed(self) -> str:
+        n = self.items_unconfirmed
+        if not n:
+            return ""
+        return f"; {n} more put{'s' if n > 1 else ''} cut short at the stop, may have happened"
+
     def rate(self, count: int) -> float:
         return count / self.duration if self.duration > 0 else 0.0
 
@@ -124,7 +130,8 @@ class DemoSummary:
             ),
             f"  queue:    {self.items_passed} items passed of {self.items_put} put "
             f"({self.rate(self.items_passed):.0f} items/s; {self.items_drained} drained at the "
-            f"end), {self.items_lost} lost, {self.duplicate_deliveries} delivered twice",
+            f"end{self._unconfirmed()}), {self.items_lost} lost, "
+            f"{self.duplicate_deliveries} delivered twice",
             f"  election: {self.leader_changes} leader changes "
             f"({' -> '.join(self.leaders) or 'none'}); failover {failover}",
             f"  config:   {self.config_writes} writes, {self.config_reloads} reloads across "
