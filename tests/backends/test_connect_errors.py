@@ -12,13 +12,12 @@ naming it and the valid ones.
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
 import anyio
 import pytest
+from connect_report import connect_in_subprocess
 from etcd_servers import TRIO_SKIP, free_port
 
 import coordkit
@@ -144,33 +143,13 @@ def test_options_that_go_together(url: str) -> None:
         coordkit.connect(f"zookeeper://127.0.0.1:2181{url}")
 
 
-CONNECT_AND_REPORT = """
-import sys, anyio, coordkit
-
-async def main():
-    try:
-        async with coordkit.connect(sys.argv[1], connect_timeout=1):
-            pass
-    except coordkit.CannotConnectError as exc:
-        print(exc)
-
-anyio.run(main)
-"""
-
-
 @pytest.mark.parametrize("scheme", ["etcd", "zookeeper"])
 def test_client_libraries_say_nothing_on_stderr(scheme: str) -> None:
     """grpc's and kazoo's own messages about the failed attempts never reach
     stderr raw: the one error says it all (a process without logging set up)."""
     port = free_port()
     hosts = f"127.0.0.1:{port}" if scheme == "etcd" else f"nosuchhost.invalid:1,127.0.0.1:{port}"
-    done = subprocess.run(
-        [sys.executable, "-c", CONNECT_AND_REPORT, f"{scheme}://{hosts}"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    done = connect_in_subprocess(f"{scheme}://{hosts}")
     assert "connection refused" in done.stdout
     assert done.stderr == ""
 

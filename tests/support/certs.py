@@ -18,7 +18,7 @@ import trustme
 
 from coordkit.backends.raft.node.tls import TLSFiles
 
-__all__ = ["TestPKI"]
+__all__ = ["TestPKI", "secure_query"]
 
 HOSTS = ("127.0.0.1", "localhost")
 
@@ -43,3 +43,19 @@ class TestPKI:
             blob.write_to_path(str(cert), append=True)
         leaf.private_key_pem.write_to_path(str(key))
         return TLSFiles(cert, key, self.ca_file)
+
+
+def secure_query(
+    pki: TestPKI, client: TLSFiles, user: str, password: str, extra: dict[str, str]
+) -> str:
+    """The URL query of a client with a certificate of ``pki`` and a user (``extra``
+    options replace those or, with a value of "", drop them)."""
+    options = {
+        "tls_ca": str(pki.ca_file),
+        "tls_cert": str(client.cert),
+        "tls_key": str(client.key),
+        "user": user,
+        "password": password,
+        **extra,
+    }
+    return "&".join(f"{k}={v}" for k, v in options.items() if v)

@@ -30,7 +30,7 @@ from typing import Any
 
 import anyio
 import pytest
-from certs import TestPKI
+from certs import TestPKI, secure_query
 
 from coordkit.backends.raft.node.tls import TLSFiles
 
@@ -334,15 +334,7 @@ class SecureEtcd:
     def url(self, prefix: str = "", **extra: str) -> str:
         """An ``etcd://`` URL under ``prefix`` with the TLS files, user and password
         (``extra`` options replace or, with a value of "", drop them)."""
-        options = {
-            "tls_ca": str(self.pki.ca_file),
-            "tls_cert": str(self.client.cert),
-            "tls_key": str(self.client.key),
-            "user": self.user,
-            "password": self.password,
-            **extra,
-        }
-        query = "&".join(f"{k}={v}" for k, v in options.items() if v)
+        query = secure_query(self.pki, self.client, self.user, self.password, extra)
         return f"{self.cluster.url(prefix)}?{query}"
 
 

@@ -11,6 +11,8 @@ import anyio
 
 import coordkit
 from coordkit import Client
+from coordkit.model import EventType
+from coordkit.recipes import Lock
 from coordkit.recipes.base import list_contenders, wait_until
 
 
@@ -54,3 +56,22 @@ def count_reads(client: Client) -> tuple[Counter[str], anyio.Event]:
 
         setattr(client, name, counted)
     return calls, checked
+
+
+async def create_watch_and_lock(url: str) -> None:
+    """Two clients of ``url``: a watched create, a read by the other, then a Lock held
+    by one, refused to the other, and taken by it after (a smoke of a backend's paths)."""
+    async with coordkit.connect(url) as client, coordkit.connect(url) as other:
+        async with client.watch("/", recursive=True) as events:
+            await client.create("/a", b"1")
+            event = await anext(events)
+            assert (event.type, event.path) == (EventType.CREATED, "/a")
+        node = await other.get("/a")
+        assert node is not None and node.value == b"1"
+        held = []
+        async with Lock(client, "/locks/x"):
+            held.append("client")
+            assert not await Lock(other, "/locks/x").acquire(timeout=0.2)
+        async with Lock(other, "/locks/x"):
+            held.append("other")
+        assert held == ["client", "other"]

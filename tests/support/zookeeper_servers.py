@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from certs import TestPKI
+from certs import TestPKI, secure_query
 from cryptography.hazmat.primitives import serialization
 
 from coordkit.backends.raft.node.tls import TLSFiles
@@ -286,15 +286,7 @@ class SecureZooKeeper:
         """A ``zookeeper://`` URL of the TLS port with the TLS files, user and password
         (``extra`` options replace or, with a value of "", drop them)."""
         path = chroot if chroot is not None else f"/t-{uuid.uuid4().hex}"
-        options = {
-            "tls_ca": str(self.pki.ca_file),
-            "tls_cert": str(self.client.cert),
-            "tls_key": str(self.client.key),
-            "user": self.user,
-            "password": self.password,
-            **extra,
-        }
-        query = "&".join(f"{k}={v}" for k, v in options.items() if v)
+        query = secure_query(self.pki, self.client, self.user, self.password, extra)
         return f"zookeeper://127.0.0.1:{self.secure_port}{path}?{query}"
 
 

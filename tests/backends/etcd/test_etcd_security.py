@@ -10,19 +10,18 @@ or client certificate, a missing user each fail the connect with one
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import anyio
 import pytest
 from certs import TestPKI
+from connect_report import connect_in_subprocess
 from etcd_servers import AUTH_TOKEN_TTL, SecureEtcd, bounded, require_asyncio_and_client
+from recipe_support import create_watch_and_lock
 
 import coordkit
-from coordkit import CannotConnectError, Client, EventType
-from coordkit.recipes import Lock
+from coordkit import CannotConnectError, Client
 from coordkit.testing import CreateRules, SessionRules, TxnRules, WatchRules
 
 pytestmark = [pytest.mark.anyio, pytest.mark.etcd]
@@ -42,20 +41,7 @@ def prefix() -> str:
 async def test_tls_and_auth_from_url_options(secure: SecureEtcd) -> None:
     """create/get/watch/lock over TLS with a client certificate, as the root user."""
     url = secure.url(prefix())
-    async with coordkit.connect(url) as client, coordkit.connect(url) as other:
-        async with client.watch("/", recursive=True) as events:
-            await client.create("/a", b"1")
-            event = await anext(events)
-            assert (event.type, event.path) == (EventType.CREATED, "/a")
-        node = await other.get("/a")
-        assert node is not None and node.value == b"1"
-        held = []
-        async with Lock(client, "/locks/x"):
-            held.append("client")
-            assert not await Lock(other, "/locks/x").acquire(timeout=0.2)
-        async with Lock(other, "/locks/x"):
-            held.append("other")
-        assert held == ["client", "other"]
+    await create_watch_and_lock(url)
     # What etcd stored is behind auth: etcdctl as root sees the key.
     assert secure.cluster.etcdctl("get", "--prefix", "", "--keys-only").strip()
 
@@ -130,20 +116,6 @@ async def test_plain_connection_to_a_tls_server_fails_within_the_timeout(
             pass
 
 
-CONNECT_AND_REPORT = """
-import sys, anyio, coordkit
-
-async def main():
-    try:
-        async with coordkit.connect(sys.argv[1], connect_timeout=1):
-            pass
-    except coordkit.CannotConnectError as exc:
-        print(exc)
-
-anyio.run(main)
-"""
-
-
 def test_grpc_says_nothing_on_stderr(
     anyio_backend: str, etcd_secure_server: SecureEtcd, tmp_path: Path
 ) -> None:
@@ -151,13 +123,7 @@ def test_grpc_says_nothing_on_stderr(
     require_asyncio_and_client(anyio_backend)
     stranger = TestPKI(tmp_path / "other-ca")
     url = etcd_secure_server.url(prefix(), tls_ca=str(stranger.ca_file))
-    done = subprocess.run(
-        [sys.executable, "-c", CONNECT_AND_REPORT, url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    done = connect_in_subprocess(url)
     assert "TLS failure: certificate verify failed" in done.stdout
     assert done.stderr == ""
 

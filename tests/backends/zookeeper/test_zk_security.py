@@ -18,11 +18,11 @@ import pytest
 from certs import TestPKI
 from kazoo.client import KazooClient
 from kazoo.security import make_digest_acl_credential
+from recipe_support import create_watch_and_lock
 from zookeeper_servers import SecureZooKeeper
 
 import coordkit
-from coordkit import CannotConnectError, EventType
-from coordkit.recipes import Lock
+from coordkit import CannotConnectError
 from coordkit.testing import CreateRules, SessionRules, TxnRules, WatchRules
 
 pytestmark = [pytest.mark.anyio, pytest.mark.zookeeper]
@@ -40,20 +40,7 @@ async def test_tls_and_digest_auth_from_url_options(
     root = chroot()
     url = secure.url(root)
     with anyio.fail_after(60):
-        async with coordkit.connect(url) as client, coordkit.connect(url) as other:
-            async with client.watch("/", recursive=True) as events:
-                await client.create("/a", b"1")
-                event = await anext(events)
-                assert (event.type, event.path) == (EventType.CREATED, "/a")
-            node = await other.get("/a")
-            assert node is not None and node.value == b"1"
-            held = []
-            async with Lock(client, "/locks/x"):
-                held.append("client")
-                assert not await Lock(other, "/locks/x").acquire(timeout=0.2)
-            async with Lock(other, "/locks/x"):
-                held.append("other")
-            assert held == ["client", "other"]
+        await create_watch_and_lock(url)
     # What the backend created carries an ACL for its user alone.
     acls = await anyio.to_thread.run_sync(_acls_of, secure, f"{root}/a")
     digest = make_digest_acl_credential(secure.user, secure.password)
