@@ -9,10 +9,12 @@ everything (every run's value too) for ``benchmarks/plot.py``.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,3 +123,20 @@ def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     rank = min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))
     return ordered[rank]
+
+
+def add_run_arguments(
+    parser: argparse.ArgumentParser, *, quick: str, verbose: str | None = None
+) -> None:
+    """The options every side-by-side script takes: ``--quick`` (what it shrinks to),
+    ``--verbose`` (when the script logs its steps), ``--json`` and ``--data-dir``."""
+    parser.add_argument("--quick", action="store_true", help=quick)
+    if verbose is not None:
+        parser.add_argument("--verbose", action="store_true", help=verbose)
+    parser.add_argument("--json", type=Path, help="write every figure here (for plot.py)")
+    parser.add_argument(
+        "--data-dir",
+        default=tempfile.gettempdir(),
+        help="where the servers keep their data (default the temp dir, on disk: fsyncs cost "
+        "what they cost in production; a tmpfs such as /dev/shm makes them free)",
+    )

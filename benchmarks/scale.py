@@ -42,7 +42,7 @@ from typing import Any
 import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import Metric, Report
+from report import Metric, Report, add_run_arguments
 from servers import RaftCluster, rss_mb, started_clusters
 
 import coordkit
@@ -85,14 +85,7 @@ def parse_args() -> argparse.Namespace:
         type=int,
         help="the nodes' --snapshot-entries (default: a quarter of the fill's transactions)",
     )
-    parser.add_argument("--quick", action="store_true", help="a tiny smoke run (20,000 nodes)")
-    parser.add_argument("--verbose", action="store_true", help="log each step")
-    parser.add_argument("--json", type=Path, help="write every figure here (for plot.py)")
-    parser.add_argument(
-        "--data-dir",
-        default=tempfile.gettempdir(),
-        help="where the servers keep their data (default the temp dir, on disk)",
-    )
+    add_run_arguments(parser, quick="a tiny smoke run (20,000 nodes)", verbose="log each step")
     args = parser.parse_args()
     if args.quick:
         args.nodes = min(args.nodes, 20_000)

@@ -50,7 +50,7 @@ import anyio.lowlevel
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recipes_lock import CONTENDERS
 from recipes_lock import coordkit_run as lock_run
-from report import Metric, Report, percentile
+from report import Metric, Report, add_run_arguments, percentile
 from servers import cpu_seconds, started_clusters
 from workloads import WIDTH, in_flight, sequential
 
@@ -110,14 +110,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--steps", default=",".join(STEPS), help=f"which measurements, from {', '.join(STEPS)}"
     )
-    parser.add_argument("--quick", action="store_true", help="a tiny smoke run")
-    parser.add_argument("--verbose", action="store_true", help="log how long each step takes")
-    parser.add_argument("--json", type=Path, help="write every figure here (for plot.py)")
-    parser.add_argument(
-        "--data-dir",
-        default=tempfile.gettempdir(),
-        help="where the servers keep their data (default the temp dir, on disk)",
-    )
+    add_run_arguments(parser, quick="a tiny smoke run", verbose="log how long each step takes")
     args = parser.parse_args()
     wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
     if unknown := sorted(set(wanted) - set(BACKENDS)):

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from typing import Any
 import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import Metric, Report
+from report import Metric, Report, add_run_arguments
 from servers import Cluster, started_clusters
 from workloads import WIDTH, failover, in_flight, sequential
 
@@ -58,14 +57,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--backends", default=",".join(BACKENDS), help="from raft, etcd, zookeeper")
     parser.add_argument("--runs", type=int, default=5, help="runs per figure (median shown)")
     parser.add_argument("--seconds", type=float, default=3.0, help="length of one measurement")
-    parser.add_argument("--quick", action="store_true", help="a tiny smoke run")
-    parser.add_argument("--json", type=Path, help="write every figure here (for plot.py)")
-    parser.add_argument(
-        "--data-dir",
-        default=tempfile.gettempdir(),
-        help="where the servers keep their data (default the temp dir, on disk: fsyncs cost "
-        "what they cost in production; a tmpfs such as /dev/shm makes them free)",
-    )
+    add_run_arguments(parser, quick="a tiny smoke run")
     args = parser.parse_args()
     wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
     if unknown := sorted(set(wanted) - set(BACKENDS)):
