@@ -57,6 +57,18 @@ class LocalCluster:
         assert started, f"{name} was never started:\n{self.stderr.read_text()}"
         return int(started[-1])
 
+    @classmethod
+    def start(cls, root: Path, nodes: int) -> LocalCluster:
+        """``coordkit cluster up -n NODES`` with its data under ``root/data``."""
+        out, err = root / "up.out", root / "up.err"
+        with out.open("wb") as stdout, err.open("wb") as stderr:
+            process = popen_dying_with_parent(
+                [*CLI, "cluster", "up", "-n", str(nodes), "--data-dir", str(root / "data")],
+                stdout=stdout,
+                stderr=stderr,
+            )
+        return cls(process, root / "data", out, err)
+
     @property
     def saved(self) -> dict[str, object]:
         saved: dict[str, object] = json.loads((self.data_dir / "cluster.json").read_text())
@@ -66,14 +78,8 @@ class LocalCluster:
 @pytest.fixture(scope="module")
 def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     root = tmp_path_factory.mktemp("cluster-up")
-    out, err = root / "up.out", root / "up.err"
-    with out.open("wb") as stdout, err.open("wb") as stderr:
-        process = popen_dying_with_parent(
-            [*CLI, "cluster", "up", "-n", "3", "--data-dir", str(root / "data")],
-            stdout=stdout,
-            stderr=stderr,
-        )
-    cluster = LocalCluster(process, root / "data", out, err)
+    cluster = LocalCluster.start(root, nodes=3)
+    process = cluster.process
     try:
         anyio.run(_wait_for_url, cluster)
         yield cluster
@@ -86,7 +92,7 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
             process.wait()
         for log in sorted((root / "data").glob("*.log")):
             print(f"--- {log.name} ---\n{log.read_text()[-3000:]}")
-        print(f"--- cluster up ---\n{err.read_text()[-3000:]}")
+        print(f"--- cluster up ---\n{cluster.stderr.read_text()[-3000:]}")
 
 
 async def _wait_for_url(cluster: LocalCluster) -> None:
@@ -310,14 +316,8 @@ async def test_member_remove_of_the_leader_itself_leaves_a_new_leader(
 
 
 async def test_the_nodes_of_cluster_up_stop_when_it_is_killed(tmp_path: Path) -> None:
-    out, err = tmp_path / "up.out", tmp_path / "up.err"
-    with out.open("wb") as stdout, err.open("wb") as stderr:
-        process = popen_dying_with_parent(
-            [*CLI, "cluster", "up", "-n", "1", "--data-dir", str(tmp_path / "data")],
-            stdout=stdout,
-            stderr=stderr,
-        )
-    cluster = LocalCluster(process, tmp_path / "data", out, err)
+    cluster = LocalCluster.start(tmp_path, nodes=1)
+    process = cluster.process
     try:
         await _wait_for_url(cluster)
 
