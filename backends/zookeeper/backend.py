@@ -271,27 +271,55 @@ class ZooKeeperBackend(Backend):
         await self._shutdown(graceful=False)
 
     async def expire_session(self) -> None:
-        """Expire the session the classic way: a second connection with its id, then close."""
-        session, client = self.session, self._kazoo
-        session_id, password = client.client_id
-        host = client._connection._socket.getpeername()
+        """Expire the session the classic way: a second connection with its id, then close.
+
+        The second connection takes the session over and this client's socket
+        is dropped; if this client reconnects before the close request goes
+        out, it takes the session back and the close never happens. Each
+        attempt therefore waits a bounded time for the loss and, failing that,
+        tries again (the retry policy's waits), within the operation timeout
+        plus two session TTLs.
+        """
+        session = self.session
+        options = self._options
+        window = options.retry.max_delay + 2.0
+
+        async def attempt() -> None:
+            if not session.lost:
+                await anyio.to_thread.run_sync(self._close_from_elsewhere)
+            with anyio.fail_after(window):
+                await session.wait_lost()
+
+        with anyio.fail_after(options.timeout + 2 * options.session_ttl):
+            await options.retry.call(
+                attempt,
+                retry_on=TimeoutError,
+                what=f"expiring ZooKeeper session {session.id:#x}",
+                logger=log,
+                forever=True,
+            )
+
+    def _close_from_elsewhere(self) -> None:
+        """Kazoo's side of :meth:`expire_session`: open the session on a second
+        connection and close it there (a blocking call, run in a thread)."""
+        session_id, password = self._kazoo.client_id
         other = KazooClient(
-            hosts=f"{host[0]}:{host[1]}",
+            hosts=",".join(self._hosts),
             client_id=(session_id, password),
             timeout=self._options.session_ttl,
             **_security_arguments(self._options),
         )
         if self._ssl_context is not None:
             other.handler.create_connection = tls_connector(self._ssl_context)
-
-        def expire() -> None:
+        try:
             other.start(self._options.timeout)
+        except other.handler.timeout_exception:
+            # The session ended meanwhile (nothing to take over), or the
+            # server did not answer: the caller sees which by waiting.
+            log.debug("expiring session %#x: the second connection did not start", session_id)
+        finally:
             other.stop()
             other.close()
-
-        await anyio.to_thread.run_sync(expire)
-        with anyio.fail_after(self._options.timeout + 2 * self._options.session_ttl):
-            await session.wait_lost()
 
     @property
     def session(self) -> Session:

@@ -56,6 +56,7 @@ from coordkit.txn import (
     SetOp,
     TxnResult,
 )
+from tests.support.store_state import state_of
 
 U64 = st.integers(0, 2**64 - 1)
 I64 = st.integers(-(2**63), 2**63 - 1)
@@ -330,14 +331,15 @@ def test_truncated_encodings_all_raise_invalid_argument() -> None:
 def test_a_garbage_log_entry_is_answered_with_an_error_and_changes_nothing(data: bytes) -> None:
     store = Store()
     store.apply(Create("/a", b"x"))
-    before = store.snapshot()
+    snapshot = store.snapshot()
+    before = state_of(store)
     try:
         command = decode_command(data)
     except InvalidArgumentError as exc:
         assert same_error(decode_result(store.apply_entry(data)), exc)
-        assert store.snapshot() == before
+        assert state_of(store) == before
     else:  # a valid command after all: apply_entry answers what apply would
-        twin = Store.restore(before)
+        twin = Store.restore(snapshot)
         try:
             expected = encode_result(twin.apply(command))
         except CoordkitError as exc:
@@ -361,13 +363,14 @@ def populated() -> Store:
 def test_any_command_is_answered_and_a_refused_one_changes_nothing(command: Command) -> None:
     """Whatever the fields hold, ``apply_entry`` answers with a result or an encoded error."""
     store = populated()
-    before = store.snapshot()
+    snapshot = store.snapshot()
+    before = state_of(store)
     reply = store.apply_entry(encode_command(command))
     outcome = decode_result(reply)
     if isinstance(outcome, CoordkitError) and not isinstance(command, ClientRequest):
-        assert store.snapshot() == before
+        assert state_of(store) == before
     # apply() agrees with apply_entry() on a fresh copy
-    twin = Store.restore(before)
+    twin = Store.restore(snapshot)
     try:
         assert twin.apply(command) == outcome
     except CoordkitError as exc:
