@@ -18,6 +18,7 @@ a reason and closes. Everything after that is up to the role (peer or client).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
@@ -334,7 +335,7 @@ async def open_tcp(host: str, port: int) -> SocketStream:
     (a peer whose listen backlog is full, e.g. a paused process) closes its
     socket at once instead of leaving it to the garbage collector.
     """
-    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    infos = await _resolve(host, port)
     failure: OSError | None = None
     for family, kind, proto, _, sockaddr in infos:
         sock = socket.socket(family, kind, proto)
@@ -356,6 +357,17 @@ async def open_tcp(host: str, port: int) -> SocketStream:
             sock.close()
             raise
     raise failure or OSError(f"no address for {host}")
+
+
+async def _resolve(host: str, port: int) -> list[tuple[Any, Any, int, str, Any]]:
+    """``host``'s addresses; an IP literal needs no lookup (nor a resolver thread,
+    which is gone while the interpreter exits and an embedded node still dials)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return list(await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    return [(family, socket.SOCK_STREAM, 0, "", (host, port))]
 
 
 def describe_tls_error(exc: ssl.SSLError) -> str:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from store_state import state_of  # tests/support
 
 from coordkit.backends.store import (
     COMMAND_TAGS,
@@ -56,7 +57,6 @@ from coordkit.txn import (
     SetOp,
     TxnResult,
 )
-from tests.support.store_state import state_of
 
 U64 = st.integers(0, 2**64 - 1)
 I64 = st.integers(-(2**63), 2**63 - 1)
