@@ -191,28 +191,33 @@ async def wait_deleted(client: Client, path: str, *, session: Session | None = N
 
 async def wait_any_deleted(
     client: Client, directory: str, names: Collection[str], *, session: Session | None = None
-) -> None:
-    """Return once any child ``names`` of ``directory`` is gone.
+) -> frozenset[str]:
+    """Return once any child ``names`` of ``directory`` is gone: the names seen gone.
 
     One watch on the directory's subtree; other children's changes are
     filtered out on the client, so they cost no reads. With ``session``,
     raise :class:`SessionExpiredError` if that session ends first.
     """
-    wanted = frozenset(join(directory, name) for name in names)
+    wanted = {join(directory, name): name for name in names}
+    gone: set[str] = set()
 
     async def run() -> None:
         async with client.watch(directory, recursive=True) as events:
             try:
                 present = set(await client.children(directory))
             except NoNodeError:
+                gone.update(names)
                 return
-            if any(name not in present for name in names):
+            gone.update(name for name in names if name not in present)
+            if gone:
                 return
             async for event in events:
                 if event.type is EventType.DELETED and event.path in wanted:
+                    gone.add(wanted[event.path])
                     return
 
     await unless_session_lost(run, session)
+    return frozenset(gone)
 
 
 async def unless_session_lost(run: Callable[[], Awaitable[None]], session: Session | None) -> None:
@@ -462,7 +467,9 @@ class SequentialLock(Holdable, abc.ABC):
     def _blockers(self, ahead: list[Contender]) -> list[Contender]:
         """Of the contenders queued before us, those whose going may let us in.
 
-        Empty means we hold it now.
+        Empty means we hold it now. Must be monotone: if it is empty for some
+        contenders ahead, it is empty for any subset of them (the wait relies
+        on it to take a handoff without reading the queue again).
         """
 
     async def _prepare(self) -> None:
@@ -584,16 +591,18 @@ class SequentialLock(Holdable, abc.ABC):
         session = await self.client.live_session()  # after a loss, the new one
         node = await self._create(prefix, session)
         created.append(node.path)
+        queue = await self._queue()
         while True:
-            queue = await self._queue()
             names = [c.name for c in queue]
             if node.name not in names:
                 # Our node went without the session ending (someone deleted it):
                 # queue again, at the back.
                 node = await self._create(prefix, session)
                 created.append(node.path)
+                queue = await self._queue()
                 continue
-            blockers = self._blockers(queue[: names.index(node.name)])
+            ahead = queue[: names.index(node.name)]
+            blockers = self._blockers(ahead)
             if not blockers:
                 self._node, self._token, self._session = node.path, node.create_revision, session
                 self._owned = Ownership(
@@ -607,7 +616,17 @@ class SequentialLock(Holdable, abc.ABC):
                 return True
             if not blocking:
                 return False
-            await self._wait_gone(blockers, session)
+            gone = await self._wait_gone(blockers, session)
+            # Nobody queues ahead of us (sequence numbers only grow) and a node
+            # that went never comes back: the queue ahead is now at most what
+            # we listed less what we saw go. If that already lets us in, we are
+            # in, without reading the queue again (a handoff costs the holder's
+            # delete and its event, nothing more); else read it afresh.
+            rest = [c for c in ahead if c.name not in gone]
+            if gone and not self._blockers(rest):
+                queue = [*rest, *queue[len(ahead) :]]
+            else:
+                queue = await self._queue()
 
     # -- what a backend-native subclass may do faster or lay out its own way ------------
     #    (see coordkit_native_recipe): the acquisition above, the release below, the
@@ -638,13 +657,17 @@ class SequentialLock(Holdable, abc.ABC):
         """
         return await list_contenders(self.client, self.path, self.markers)
 
-    async def _wait_gone(self, blockers: list[Contender], session: Session) -> None:
-        """Return once one of ``blockers`` is gone; SessionExpiredError if ``session`` ends."""
+    async def _wait_gone(self, blockers: list[Contender], session: Session) -> Collection[str]:
+        """Return once one of ``blockers`` is gone: the names of those seen gone.
+
+        An empty answer means "maybe gone" (the caller reads the queue again).
+        SessionExpiredError if ``session`` ends first.
+        """
         if len(blockers) == 1:
             await wait_deleted(self.client, join(self.path, blockers[0].name), session=session)
-        else:
-            names = [b.name for b in blockers]
-            await wait_any_deleted(self.client, self.path, names, session=session)
+            return (blockers[0].name,)
+        names = [b.name for b in blockers]
+        return await wait_any_deleted(self.client, self.path, names, session=session)
 
     async def _wait_node_gone(self, path: str, token: int) -> None:
         """Return once our held node at ``path`` (created at revision ``token``) is gone.

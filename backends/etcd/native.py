@@ -24,7 +24,7 @@ client take turns through a local FIFO semaphore first, then queue in etcd.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -156,9 +156,10 @@ class EtcdLock(Lock):
             for kv in ops.kvs(reply.responses[0])
         ]
 
-    async def _wait_gone(self, blockers: list[Contender], session: Session) -> None:
-        """Return once the predecessor's key may be gone (the caller lists the
-        queue again); SessionExpiredError if ``session`` ends first."""
+    async def _wait_gone(self, blockers: list[Contender], session: Session) -> Collection[str]:
+        """Return once the predecessor's key may be gone (so nothing is named
+        known gone: the caller lists the queue again); SessionExpiredError if
+        ``session`` ends first."""
         key = self.prefix + blockers[-1].name.encode()
 
         if self._backoff is None:
@@ -175,6 +176,7 @@ class EtcdLock(Lock):
                 await backoff.wait(exc)  # then the queue is read again
 
         await unless_session_lost(wait, session)
+        return ()
 
     async def _wait_node_gone(self, path: str, token: int) -> None:
         """Return once our held key (``path`` names its lease hex) is gone.

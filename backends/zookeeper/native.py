@@ -22,6 +22,7 @@ generic recipe's code, unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -68,10 +69,10 @@ class ZooKeeperLock(Lock):
         found.sort(key=lambda c: c.sequence)
         return found
 
-    async def _wait_gone(self, blockers: list[Contender], session: Session) -> None:
+    async def _wait_gone(self, blockers: list[Contender], session: Session) -> Collection[str]:
         if len(blockers) != 1:
-            await super()._wait_gone(blockers, session)
-            return
+            gone: Collection[str] = await super()._wait_gone(blockers, session)
+            return gone
         backend = self._zk
         path = join(self.path, blockers[0].name)
 
@@ -91,6 +92,7 @@ class ZooKeeperLock(Lock):
                 # Changed, or a connection event (the watch was one-shot): look again.
 
         await unless_session_lost(run, session)
+        return (blockers[0].name,)
 
 
 class _OneShotWatch:

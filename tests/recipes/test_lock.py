@@ -137,9 +137,13 @@ async def test_waiter_watches_only_its_predecessor(backend_url: str) -> None:
                     await counters[i][1].wait()  # it checked its predecessor: now waiting
                     await wait_queue_length(conns[0], PATH, i + 2)
                 before = [sum(calls.values()) for calls, _ in counters]
+                listed = counters[0][0]["children"]
 
                 await holder.release()  # wakes w0 only
                 await acquired[0].wait()
+                # w0 saw the only contender ahead of it go: it holds without
+                # reading the queue again (the handoff is the delete and its event).
+                assert counters[0][0]["children"] == listed, "w0 read the queue on its handoff"
                 assert sum(counters[1][0].values()) == before[1], "w1 woke on a non-predecessor"
                 may_release[0].set()  # wakes w1 only
                 await acquired[1].wait()
