@@ -254,15 +254,18 @@ def parse_contender(name: str, markers: Collection[str]) -> Contender | None:
     return None
 
 
-async def list_contenders(client: Client, path: str, markers: Collection[str]) -> list[Contender]:
+async def list_contenders(
+    client: Client, path: str, markers: Collection[str], *, consistent: bool = True
+) -> list[Contender]:
     """The queued children of ``path`` in sequence order; other children are ignored.
 
     Sequence numbers come from one counter per parent, so nodes of different
     markers (readers and writers) order against each other. A missing
-    ``path`` is an empty queue.
+    ``path`` is an empty queue. ``consistent`` is the read's (see
+    :meth:`~coordkit.Client.children`).
     """
     try:
-        names = await client.children(path)
+        names = await client.children(path, consistent=consistent)
     except NoNodeError:
         return []
     found = [c for c in (parse_contender(n, markers) for n in names) if c is not None]
@@ -591,7 +594,7 @@ class SequentialLock(Holdable, abc.ABC):
         session = await self.client.live_session()  # after a loss, the new one
         node = await self._create(prefix, session)
         created.append(node.path)
-        queue = await self._queue()
+        queue = await self._listing(node.name)
         while True:
             names = [c.name for c in queue]
             if node.name not in names:
@@ -599,7 +602,7 @@ class SequentialLock(Holdable, abc.ABC):
                 # queue again, at the back.
                 node = await self._create(prefix, session)
                 created.append(node.path)
-                queue = await self._queue()
+                queue = await self._listing(node.name)
                 continue
             ahead = queue[: names.index(node.name)]
             blockers = self._blockers(ahead)
@@ -626,7 +629,22 @@ class SequentialLock(Holdable, abc.ABC):
             if gone and not self._blockers(rest):
                 queue = [*rest, *queue[len(ahead) :]]
             else:
-                queue = await self._queue()
+                queue = await self._listing(node.name)
+
+    async def _listing(self, ours: str) -> list[Contender]:
+        """The queue, read cheaply if that read shows our node ``ours``, else linearizably.
+
+        Any read that shows our node reflects our create, so it shows every
+        contender created before us that has not gone yet (nodes never come
+        back, and none is created ahead of us later): the contenders it puts
+        ahead of us are at least those ahead now, and :meth:`_blockers` is
+        monotone. Only a read without our node proves nothing (it may predate
+        our create), so then the queue is read linearizably.
+        """
+        queue = await self._queue(consistent=False)
+        if any(c.name == ours for c in queue):
+            return queue
+        return await self._queue(consistent=True)
 
     # -- what a backend-native subclass may do faster or lay out its own way ------------
     #    (see coordkit_native_recipe): the acquisition above, the release below, the
@@ -648,14 +666,14 @@ class SequentialLock(Holdable, abc.ABC):
         """Remove our queued node, shielded (see :func:`delete_nodes`)."""
         await delete_nodes(self.client, self.path, known=known, prefix=prefix)
 
-    async def _queue(self) -> list[Contender]:
+    async def _queue(self, *, consistent: bool) -> list[Contender]:
         """The queued contenders in order; called only after our own node was created.
 
-        A native subclass may serve this from a read that is not linearizable
-        as long as it reflects this client's own create (every contender
-        queued before us was created before it).
+        With ``consistent=False`` the read need not be linearizable (see
+        :meth:`_listing`). A native subclass may serve both from a read that
+        is not linearizable as long as it reflects this client's own create.
         """
-        return await list_contenders(self.client, self.path, self.markers)
+        return await list_contenders(self.client, self.path, self.markers, consistent=consistent)
 
     async def _wait_gone(self, blockers: list[Contender], session: Session) -> Collection[str]:
         """Return once one of ``blockers`` is gone: the names of those seen gone.

@@ -140,8 +140,12 @@ class EtcdLock(Lock):
         path = join(self.path, f"{session.id:x}")
         return Node(path, self.identifier.encode(), revision, revision, 0, session.id)
 
-    async def _queue(self) -> list[Contender]:
-        """Every contender's key in create-revision order, named by its lease hex."""
+    async def _queue(self, *, consistent: bool) -> list[Contender]:
+        """Every contender's key in create-revision order, named by its lease hex.
+
+        Always a linearizable read: its revision is where the watch of
+        :meth:`_wait_gone` starts.
+        """
         reply = await self.backend.read(
             ops.range_op(
                 self.prefix,

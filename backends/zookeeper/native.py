@@ -50,7 +50,9 @@ class ZooKeeperLock(Lock):
         backend: ZooKeeperBackend = self.client.backend
         return backend
 
-    async def _queue(self) -> list[Contender]:
+    async def _queue(self, *, consistent: bool) -> list[Contender]:
+        # Never synced: a session's reads see its own writes, which is all the
+        # queue needs (see SequentialLock._listing); so both kinds read alike.
         backend = self._zk
 
         async def read() -> list[str]:
