@@ -15,7 +15,8 @@ pytestmark = pytest.mark.anyio
 
 PRODUCERS = 4
 CONSUMERS = 4
-ITEMS_EACH = 500
+#: 800 items: 25 listings' worth (LISTING_BATCH), with every consumer contending for each.
+ITEMS_EACH = 200
 
 
 def _item(producer: int, n: int) -> bytes:
