@@ -31,13 +31,11 @@ import anyio
 
 from coordkit import (
     Client,
-    ClientClosedError,
     CompactedError,
     ConnectionLostError,
     CoordkitError,
     EventType,
     InvalidArgumentError,
-    LockLostError,
     NoNodeError,
     OperationTimeoutError,
     RecipeStateError,
@@ -48,6 +46,8 @@ from coordkit import (
 from coordkit.holding import Holdable
 from coordkit.paths import SEQUENCE_DIGITS, check_path, join
 from coordkit.plugins import native_recipe
+
+from .ownership import Ownership, cancelled_on_loss
 
 __all__ = [
     "Contender",
@@ -314,112 +314,8 @@ async def _delete_quietly(client: Client, path: str) -> None:
         await client.delete(path)
 
 
-# -- ownership: held while our own node exists ----------------------------------------
-
 #: failures of the watch on a held node after which it is opened again.
 _WATCH_BROKEN = (ConnectionLostError, OperationTimeoutError, SessionExpiredError, CompactedError)
-
-
-class Ownership:
-    """One hold of a node: held while the node exists and its session lives.
-
-    A hold ends in one of two ways: the owner gives it up (:meth:`release`),
-    or it is **lost**: the session ends, or the node goes for any other
-    reason (deleted by another client or an operator, removed by a
-    transaction, the client closed or aborted under it). Only
-    :meth:`wait_lost` looks at the node, with ``node_gone`` (a watch); so
-    :attr:`lost` reflects a deleted node once a :meth:`wait_lost` (for
-    instance the one ``async with`` runs for its body) has seen it, while a
-    session loss shows at once.
-    """
-
-    def __init__(
-        self,
-        path: str,
-        token: int,
-        session: Session,
-        node_gone: Callable[[], Awaitable[None]],
-        what: str,
-    ) -> None:
-        self.path = path
-        self.token = token
-        self.session = session
-        self.what = what
-        self._node_gone = node_gone
-        self._gone_cause: str | None = None
-        self.released = False
-        self._ended = anyio.Event()  # the node was seen gone, or we released
-
-    @property
-    def lost(self) -> bool:
-        """Whether the hold was lost (never by our own release)."""
-        return self.session.lost or self._gone_cause is not None
-
-    @property
-    def cause(self) -> str:
-        """Why the hold was lost, for messages."""
-        if self.session.lost:
-            return "the session ended"
-        return self._gone_cause or "not lost"
-
-    def release(self) -> None:
-        """The owner gives the hold up: the node's going from now on is no loss."""
-        self.released = True
-        self._ended.set()
-
-    async def wait_lost(self) -> None:
-        """Return once the hold is lost; RecipeStateError if released first."""
-        if not self.lost and not self.released:
-            async with anyio.create_task_group() as tg:
-
-                async def until(wait: Callable[[], Awaitable[object]]) -> None:
-                    await wait()
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(until, self.session.wait_lost)
-                tg.start_soon(until, self._ended.wait)
-                tg.start_soon(until, self._watch_node)
-        if not self.lost:
-            raise RecipeStateError(f"{self.what} was released")
-
-    async def _watch_node(self) -> None:
-        try:
-            await self._node_gone()
-            cause = "its node was deleted"
-        except ClientClosedError:
-            cause = "the client was closed"
-        if not self.released and self._gone_cause is None:
-            self._gone_cause = cause
-            log.warning("%s lost: %s", self.what, cause)
-        self._ended.set()
-
-
-@asynccontextmanager
-async def cancelled_on_loss(owned: Ownership) -> AsyncIterator[None]:
-    """Run the body, cancelled once ``owned`` is lost; then raise LockLostError.
-
-    Any other exception of the body passes unchanged. Between the loss and
-    the cancellation lies the time the backend takes to tell us (a watch
-    event, a session expiry noticed): fencing tokens cover that window.
-    """
-    body_error: Exception | None = None
-    async with anyio.create_task_group() as tg:
-
-        async def cancel_on_loss() -> None:
-            with suppress(RecipeStateError):  # released: the body is over anyway
-                await owned.wait_lost()
-                tg.cancel_scope.cancel()
-
-        tg.start_soon(cancel_on_loss)
-        try:
-            yield
-        except Exception as exc:  # re-raised below, outside the task group
-            body_error = exc
-        tg.cancel_scope.cancel()
-    if body_error is not None:
-        raise body_error
-    if owned.lost:
-        raise LockLostError(f"{owned.what} lost: {owned.cause}")
 
 
 # -- the queue-of-nodes lock shared by Lock, ReadLock, WriteLock and Semaphore ---------
