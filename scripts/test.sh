@@ -22,13 +22,13 @@ if [ ! -x .venv/bin/python ]; then
     echo "== creating .venv"
     "$python" -m venv .venv
 fi
-echo "== installing coordkit[all,dev] and the example plugin packages"
+echo "== installing coordkit[all,dev,bench] and the example plugin packages"
 plugins=()
 for project in examples/*/pyproject.toml; do
     plugins+=(-e "$(dirname "$project")")
 done
 .venv/bin/python -m pip install -q --disable-pip-version-check -U pip >/dev/null
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[all,dev]' "${plugins[@]}"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[all,dev,bench]' "${plugins[@]}"
 
 echo "== ruff"
 .venv/bin/ruff check .
