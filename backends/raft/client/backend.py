@@ -76,14 +76,7 @@ class _Retry(Exception):
     """The request did not run; send it again (after backing off)."""
 
 
-class _Redirected(_Retry):
-    """The node named the leader: send the request there at once."""
-
-
 _RETRYABLE = (_Retry, ConnectionBroken, ConnectionLostError)
-#: redirects followed at once, before a retry backs off (a leader that moves
-#: twice in a row is an election under way: the policy's waits apply then).
-_REDIRECTS_AT_ONCE = 2
 
 
 @dataclass
@@ -271,7 +264,7 @@ class RaftBackend(Backend):
         try:
             with anyio.fail_after(self.options.timeout):
                 try:
-                    return await self._attempt_following(header, payload, failure)
+                    return await self._attempt(header, payload, failure)
                 except _RETRYABLE:
                     pass
                 async for attempt in self._retry.retrying(
@@ -280,24 +273,13 @@ class RaftBackend(Backend):
                     logger=log,
                 ):
                     with attempt:
-                        return await self._attempt_following(header, payload, failure)
+                        return await self._attempt(header, payload, failure)
         except TimeoutError:
             raise OperationTimeoutError(
                 f"{self.label}: {header.get('op')} did not complete within "
                 f"{self.options.timeout} s (last: {failure.cause}); its outcome is unknown"
             ) from None
         raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _attempt_following(
-        self, header: dict[str, Any], payload: bytes, failure: _Failure
-    ) -> Reply:
-        """:meth:`_attempt`, sent again at once after a redirect to a named leader."""
-        for _ in range(_REDIRECTS_AT_ONCE):
-            try:
-                return await self._attempt(header, payload, failure)
-            except _Redirected:
-                continue
-        return await self._attempt(header, payload, failure)
 
     async def _attempt(self, header: dict[str, Any], payload: bytes, failure: _Failure) -> Reply:
         """One try: the reply, or a retryable error (its cause kept in ``failure``)."""
@@ -312,8 +294,6 @@ class RaftBackend(Backend):
             return reply
         failure.cause = str(reply.header.get("m", status))
         self._handle_refusal(conn, reply)
-        if status == ReplyStatus.REDIRECT and reply.header.get("addr"):
-            raise _Redirected(failure.cause)
         raise _Retry(failure.cause)
 
     def _handle_refusal(self, conn: Connection, reply: Reply) -> None:

@@ -47,9 +47,6 @@ class Dialer:
         self._timeout = connect_timeout
         self._retry = retry
         self._leader: Address | None = None
-        #: a leader that followers named but that could not be reached (it died,
-        #: and they have not noticed yet): the next probes ask them to wait for another.
-        self._unreachable_leader: str | None = None
 
     def hint_leader(self, address: object) -> None:
         if isinstance(address, str) and address:
@@ -92,7 +89,6 @@ class Dialer:
         seen: set[Address] = set()
         queue = list(order)
         no_leader = False
-        hinted: dict[Address, str] = {}  # leader address -> its name, as followers said
         while queue:
             endpoint = queue.pop(0)
             if endpoint in seen:
@@ -107,17 +103,10 @@ class Dialer:
                 )
             except (OSError, HandshakeError, ssl.SSLError) as exc:
                 causes[str(endpoint)] = describe_connect_error(exc)
-                if endpoint in hinted:
-                    self._unreachable_leader = hinted[endpoint]
                 continue
-            probe: dict[str, Any] = {"t": "q", "i": 0, "op": RequestOp.STATUS}
-            if self._unreachable_leader is not None:
-                # A node that still follows the dead leader answers once it
-                # knows another one (within two election timeouts).
-                probe["unless"] = self._unreachable_leader
             try:
                 with anyio.fail_after(min(self._timeout, 2.0)):
-                    await stream.send(probe)
+                    await stream.send({"t": "q", "i": 0, "op": RequestOp.STATUS})
                     header = (await stream.receive()).header
             except (OSError, TimeoutError, FrameError, anyio.EndOfStream) as exc:
                 causes[str(endpoint)] = describe_connect_error(exc)
@@ -131,16 +120,12 @@ class Dialer:
             if info.get("role") == "leader":
                 causes.pop(str(endpoint), None)
                 self._leader = endpoint
-                self._unreachable_leader = None
                 return stream, node, str(endpoint)
             await _close(stream)
             hint = info.get("leader_addr")
             if isinstance(hint, str) and hint:
                 leader = Address.parse(hint)
                 causes[str(endpoint)] = f"{node} is a follower of {info.get('leader')}"
-                hinted[leader] = str(info.get("leader"))
-                if leader in seen and info.get("leader") != self._unreachable_leader:
-                    seen.discard(leader)  # a new leader at an address tried before
                 queue.insert(0, leader)
             else:
                 no_leader = True

@@ -128,8 +128,6 @@ class RaftNode:
         self._snapshotting: _Snapshotting | None = None
         self._last_snapshot_index = 0
         self._last_leader_contact = clock()
-        #: (deadline, leader not to count, callback) of requests waiting for a leader.
-        self._leader_waiters: list[tuple[float, str | None, Callable[[], None]]] = []
         self.core: RaftCore
         self.wal: WriteAheadLog
         self.snapshots: SnapshotStore
@@ -263,7 +261,6 @@ class RaftNode:
             if next_tick < self._clock():  # fell behind (a pause): do not tick in a burst
                 next_tick = self._clock() + period
             self.core.tick()
-            self._call_leader_waiters(due=self._clock())
             resend = self._reads.tick(give_up_after=self.config.election_ticks)
             if resend is not None:
                 self._send_read_round(resend.context)
@@ -297,9 +294,6 @@ class RaftNode:
             if nxt is not None:
                 self._send_read_round(nxt.context)
         self.core.advance(rd)
-        if self._leader_waiters and self.core.leader is not None:
-            # After advance: a waiter may propose (its request runs here now).
-            self._call_leader_waiters(due=None)
         if self._snapshot_due():
             self._start_snapshot()
 
@@ -344,43 +338,6 @@ class RaftNode:
                 self._last_leader_contact = self._clock()
             else:
                 log.info("%s: no leader (term %d, %s)", self.name, self.core.term, soft.role.value)
-
-    def when_leader_known(
-        self, then: Callable[[], None], within: float, *, unless: str | None = None
-    ) -> None:
-        """Call ``then()`` once this node knows a leader (other than ``unless``),
-        or after ``within`` seconds.
-
-        For a client that meets an election: answered with the new leader as
-        soon as there is one, instead of "no leader" at once and a client that
-        polls (and backs off past the election). ``unless`` names a leader the
-        client could not reach: this node may still follow it, until its
-        election timeout tells it otherwise.
-        """
-        if self._leader_is_known(unless):
-            then()
-        else:
-            self._leader_waiters.append((self._clock() + within, unless, then))
-
-    def _leader_is_known(self, unless: str | None) -> bool:
-        return self.core.leader is not None and self.core.leader != unless
-
-    def _call_leader_waiters(self, due: float | None) -> None:
-        """Call the waiters whose leader is known, and with ``due`` those whose time is up."""
-        ready: list[Callable[[], None]] = []
-        waiting: list[tuple[float, str | None, Callable[[], None]]] = []
-        for waiter in self._leader_waiters:
-            deadline, unless, then = waiter
-            if self._leader_is_known(unless) or (due is not None and deadline <= due):
-                ready.append(then)
-            else:
-                waiting.append(waiter)
-        self._leader_waiters = waiting
-        for then in ready:
-            try:
-                then()
-            except Exception:  # one client's answer must not stop the others'
-                log.exception("%s: answering a request that waited for a leader failed", self.name)
 
     def leader(self) -> tuple[str | None, str | None]:
         """The leader's name and client address, as far as this node knows."""

@@ -21,7 +21,6 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Protocol
 
 import anyio
@@ -81,12 +80,6 @@ class ServedNode(Protocol):
     def read_barrier(self, then: Callable[[str], None]) -> None: ...
 
     def keepalive(self, session_id: int, then: Callable[[bool, str], None]) -> None: ...
-
-    def leader(self) -> tuple[str | None, str | None]: ...
-
-    def when_leader_known(
-        self, then: Callable[[], None], within: float, *, unless: str | None = None
-    ) -> None: ...
 
     def status(self) -> dict[str, Any]: ...
 
@@ -231,34 +224,10 @@ class ClientConnection:
             if handler is None:
                 raise InvalidArgumentError(f"unknown request {op!r}")
             handler(self, number, header, frame.payload)
-        except NotLeader as exc:
-            if exc.leader is None and not self._closed:
-                # An election is under way: take the request again once it has
-                # a winner -- here if this node won, else the client is sent to
-                # it -- instead of "no leader" at once and a client that polls
-                # (and backs off past the election). At most two election timeouts.
-                self.node.when_leader_known(
-                    partial(self._after_election, frame),
-                    within=2 * self.node.config.election_timeout,
-                )
-            else:
-                self.refuse(number, exc)
         except Refused as exc:
             self.refuse(number, exc)
         except (InvalidArgumentError, KeyError, TypeError, ValueError) as exc:
             self.answer(number, Status.INVALID, m=f"invalid {op} request: {exc}")
-
-    def _after_election(self, frame: Frame) -> None:
-        """A request that met an election: run it now that there is a leader
-        (or the wait is over: then it is refused with what this node knows)."""
-        if self._closed:
-            return
-        number = frame.header["i"]
-        leader, address = self.node.leader()
-        if leader is None or leader != self.node.config.name:
-            self.refuse(number, NotLeader(leader, address))
-        else:
-            self._dispatch(frame)
 
     def _write(self, number: int, header: dict[str, Any], payload: bytes) -> None:
         session_id = _int(header, "sid")
@@ -387,20 +356,7 @@ class ClientConnection:
             self.node.watches.remove(watcher)
 
     def _status(self, number: int, header: dict[str, Any], payload: bytes) -> None:
-        """This node's status; with ``unless`` (a leader the client could not
-        reach), once this node knows another leader, or after two election
-        timeouts: a client looking for the leader waits out the election here."""
-        unless = header.get("unless")
-        if unless is None:
-            self.answer(number, Status.OK, status=self.node.status())
-            return
-        if not isinstance(unless, str):
-            raise InvalidArgumentError(f"unless must be a node name, not {unless!r}")
-        self.node.when_leader_known(
-            lambda: self.answer(number, Status.OK, status=self.node.status()),
-            within=2 * self.node.config.election_timeout,
-            unless=unless,
-        )
+        self.answer(number, Status.OK, status=self.node.status())
 
     def _member_add(self, number: int, header: dict[str, Any], payload: bytes) -> None:
         try:
